@@ -1,0 +1,1 @@
+"""initlab: how weight initialisation, loss choice and input normalisation decide whether a network trains."""

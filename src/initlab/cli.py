@@ -1,0 +1,167 @@
+"""``initlab <stage>``: one command per DVC stage, each a thin wrapper over a plain function."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from initlab.config import ParamsError, Paths, load_params
+
+app = typer.Typer(
+    help="initlab: how weight initialisation, loss and input normalisation decide whether a "
+    "network trains. Each command is one DVC stage; run them all with `dvc repro`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Study(str, enum.Enum):
+    line = "line"
+    circles = "circles"
+    heart_rate = "heart_rate"
+    fashion_mnist = "fashion_mnist"
+
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The params file to read.")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"initlab: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def stage(fn):
+    """Turn the package's known errors into one line and an exit code (2: bad params)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from initlab.data import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except ParamsError as exc:
+            _fail(str(exc), 2)
+        except DataError as exc:
+            _fail(str(exc), 1)
+        except KeyboardInterrupt:
+            typer.echo("initlab: interrupted; no output was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _done(what: str, t0: float) -> None:
+    typer.echo(f"{what} ({time.perf_counter() - t0:.1f} s)", err=True)
+
+
+@app.command()
+@stage
+def download(study: Study, params: Path = ParamsOpt) -> None:
+    """Fetch (or generate) a study's raw data into pipeline/raw/<study>, SHA-256 verified.
+
+    Reads the folder INITLAB_DATA_MIRROR names instead of the network when it is set.
+    """
+    from initlab.data import download as run
+
+    t0 = time.perf_counter()
+    p = load_params(params)
+    out = run(study.value, p.data, Paths())
+    _done(f"download {study.value}: {out}", t0)
+
+
+@app.command()
+@stage
+def prepare(study: Study, params: Path = ParamsOpt) -> None:
+    """Split a study's raw data into seeded, stratified train / validation / test."""
+    from initlab.data import prepare as run
+
+    t0 = time.perf_counter()
+    s = run(study.value, load_params(params).prepare, Paths())
+    _done(f"prepare {study.value}: {s['sizes']}", t0)
+
+
+@app.command()
+@stage
+def normalize(study: Study) -> None:
+    """Normalisation statistics (scale, z-score mean/std) from the training split only."""
+    from initlab.data import normalize_stats
+
+    t0 = time.perf_counter()
+    s = normalize_stats(study.value, Paths())
+    _done(f"normalize {study.value}: statistics of {s['n_fit']} training rows", t0)
+
+
+@app.command()
+@stage
+def train(
+    study: Study,
+    params: Path = ParamsOpt,
+    device: str = typer.Option(None, help="cpu or cuda; default: train.device in params."),
+) -> None:
+    """Train every variant (init x loss x normalisation x lr x seed) of a study; log each to MLflow."""
+    import torch
+
+    from initlab.io import atomic_path
+    from initlab.tracking import log_results, sigterm_raises, tracking_uri
+    from initlab.train import save_results, train_study
+
+    p = load_params(params)
+    dev = device or p.train.device
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"--device {dev}: no CUDA device here; allowed: cpu")
+    if not (dev == "cpu" or dev.startswith("cuda")):
+        raise ParamsError(f"--device {dev!r}; allowed: cpu, cuda, cuda:N")
+    t0 = time.perf_counter()
+    with sigterm_raises():
+        results = train_study(p, study.value, Paths(), dev)
+        t1 = time.perf_counter()
+        run_ids = log_results(p, study.value, results)
+        t2 = time.perf_counter()
+        for r, rid in zip(results, run_ids):
+            r.final["mlflow_run_id"] = rid
+        with atomic_path(Paths().trained(study.value)) as out:
+            save_results(results, out)
+    typer.echo(f"trained {len(results)} models in {t1 - t0:.1f} s; MLflow logging "
+               f"{t2 - t1:.1f} s to {tracking_uri()}", err=True)  # fmt: skip
+
+
+@app.command()
+@stage
+def evaluate(study: Study) -> None:
+    """Test every trained model of a study on its held-out test split; write DVC metrics."""
+    from initlab.evaluate import evaluate_study, write_evaluation
+    from initlab.tracking import log_test_metrics
+
+    t0 = time.perf_counter()
+    paths = Paths()
+    df = evaluate_study(study.value, paths)
+    missing = 0
+    for row in df.itertuples(index=False):
+        test = {k: getattr(row, k) for k in df.columns if k.startswith("test_")}
+        missing += not log_test_metrics(row.mlflow_run_id, test)
+    if missing:
+        typer.echo(f"warning: {missing} MLflow runs not found; test metrics only in "
+                   f"{paths.metrics(study.value)}", err=True)  # fmt: skip
+    write_evaluation(study.value, df, paths)
+    _done(f"evaluate {study.value}: {len(df)} runs -> {paths.metrics(study.value)}", t0)
+
+
+@app.command()
+@stage
+def report(params: Path = ParamsOpt) -> None:
+    """Render reports/report.md and its figures from every study's metrics."""
+    from initlab.report import write_report
+
+    t0 = time.perf_counter()
+    out = write_report(load_params(params), Paths())
+    _done(f"report: {out}", t0)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,298 @@
+"""Data for the four studies: download (checksum-verified), seeded splits, normalisation statistics.
+
+Raw files come from the official sources, or from the folder ``INITLAB_DATA_MIRROR`` names
+(layout ``fashion-mnist/*.gz`` and ``ecg/ecg.dat``); either way their SHA-256 must match the
+published content. The test split is never used for training, statistics or model choice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import make_circles
+from sklearn.model_selection import train_test_split
+
+from initlab.config import DataParams, Paths, PrepareParams, data_mirror
+from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
+
+# SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# The ECG SciPy's registry serves as scipy.datasets.electrocardiogram(): MIT-BIH record 208.
+ECG_SHA256 = "f20ad3365fb9b7f845d0e5c48b6fe67081377ee466c3a220b7f69f35c8958baf"
+
+MIRROR_HINT = "set INITLAB_DATA_MIRROR to a folder holding fashion-mnist/ and ecg/"
+
+
+class DataError(RuntimeError):
+    """Raw data missing, unreachable or corrupt: the message names the file and the fix."""
+
+
+def verify(path: Path, expected: str) -> None:
+    actual = sha256(path)
+    if actual != expected:
+        raise DataError(
+            f"{path}: checksum mismatch: expected sha256 {expected}, got {actual}; "
+            "the file is truncated or altered; delete it and download again"
+        )
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _line(p: DataParams) -> dict[str, np.ndarray]:
+    lp = p.line
+    # Seed 000's exact training set, built the way the seed builds it (float32 arange).
+    x = torch.arange(lp.start, lp.stop, lp.step).view(-1, 1)
+    rng = np.random.default_rng(lp.holdout_seed)
+    pool = rng.uniform(lp.start, lp.stop, size=(lp.holdout_points * 2, 1)).astype(np.float32)
+    # Held-out points follow the same rule and share no x value with the training set.
+    far = np.abs(pool - x.numpy().reshape(1, -1)).min(axis=1) > 1e-3
+    holdout = pool[far][: lp.holdout_points]
+    return {
+        "x_train": x.numpy(),
+        "y_train": (x.numpy()[:, 0] > lp.threshold).astype(np.int64),
+        "x_holdout": holdout,
+        "y_holdout": (holdout[:, 0] > lp.threshold).astype(np.int64),
+    }
+
+
+def _circles(p: DataParams) -> dict[str, np.ndarray]:
+    c = p.circles
+    x, y = make_circles(
+        n_samples=c.n_samples, noise=c.noise, factor=c.factor, random_state=c.random_state
+    )
+    return {"x": x.astype(np.float32), "y": y.astype(np.int64)}
+
+
+def _fetch(url: str, dest: Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(f"cannot download {url}: {exc}; no network? {MIRROR_HINT}") from None
+
+
+def _fashion_mnist(out: Path, url: str) -> None:
+    raw = out / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    mirror = data_mirror()
+    if mirror is not None:
+        for name in FASHION_MNIST_SHA256:
+            src = mirror / "fashion-mnist" / f"{name}.gz"
+            if not src.exists():
+                raise DataError(f"{src}: not found in INITLAB_DATA_MIRROR={mirror}")
+            with gzip.open(src, "rb") as fin, open(raw / name, "wb") as fout:
+                try:
+                    shutil.copyfileobj(fin, fout)
+                except (OSError, EOFError) as exc:
+                    raise DataError(f"{src}: corrupt gzip ({exc}); replace the file") from None
+    else:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST.mirrors = [url]
+        try:
+            for train in (True, False):
+                FashionMNIST(out, train=train, download=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise DataError(f"cannot download Fashion-MNIST: {exc}; no network? {MIRROR_HINT}") from None
+        for gz in raw.glob("*.gz"):
+            gz.unlink()
+    for name, expected in FASHION_MNIST_SHA256.items():
+        verify(raw / name, expected)
+
+
+def _ecg(out: Path, url: str) -> None:
+    out.mkdir(parents=True)
+    dest = out / "ecg.dat"
+    mirror = data_mirror()
+    if mirror is not None:
+        src = mirror / "ecg" / "ecg.dat"
+        if not src.exists():
+            raise DataError(f"{src}: not found in INITLAB_DATA_MIRROR={mirror}")
+        shutil.copyfile(src, dest)
+    else:
+        _fetch(url, dest)
+    verify(dest, ECG_SHA256)
+
+
+def download(study: str, params: DataParams, paths: Paths) -> Path:
+    """Write the raw data of one study to ``pipeline/raw/<study>/`` with a SHA256SUMS manifest."""
+    target = paths.raw(study)
+    with atomic_path(target) as out:
+        if study == "line":
+            out.mkdir()
+            write_npz(out / "line.npz", **_line(params))
+        elif study == "circles":
+            out.mkdir()
+            write_npz(out / "circles.npz", **_circles(params))
+        elif study == "heart_rate":
+            _ecg(out, params.heart_rate.url)
+        elif study == "fashion_mnist":
+            _fashion_mnist(out, params.fashion_mnist.url)
+        files = sorted(f for f in out.rglob("*") if f.is_file())
+        (out / "SHA256SUMS").write_text(
+            "".join(f"{sha256(f)}  {f.relative_to(out)}\n" for f in files)
+        )
+    return target
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def heart_rate_bpm(ecg_dat: Path, sampling_hz: float, peak_distance: int) -> np.ndarray:
+    """Beat-to-beat heart rate (bpm) from R-peaks of the ECG found with scipy.signal.find_peaks."""
+    from scipy.signal import find_peaks
+
+    with np.load(ecg_dat, allow_pickle=False) as z:
+        mv = (z["ecg"].astype(np.float64) - 1024) / 200
+    peaks, _ = find_peaks(mv, distance=peak_distance)
+    return (60.0 * sampling_hz / np.diff(peaks)).astype(np.float32)
+
+
+def _split3(x, y, val: float, test: float, seed: int):
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test, stratify=y, random_state=seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed
+    )
+    return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+def _balance(y: np.ndarray, n_classes: int) -> list[float]:
+    return (np.bincount(y, minlength=n_classes) / len(y)).round(4).tolist()
+
+
+def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
+    """Seeded, stratified train / validation / test splits of one study; returns a summary."""
+    raw = paths.raw(study)
+    summary: dict = {"study": study, "seed": params.seed}
+    if study == "line":
+        d = read_npz(raw / "line.npz")
+        x_val, x_test, y_val, y_test = train_test_split(
+            d["x_holdout"], d["y_holdout"], train_size=params.line.val_fraction,
+            stratify=d["y_holdout"], random_state=params.seed,
+        )  # fmt: skip
+        splits = (d["x_train"], d["y_train"], x_val, y_val, x_test, y_test)
+    elif study == "circles":
+        d = read_npz(raw / "circles.npz")
+        c = params.circles
+        splits = _split3(d["x"], d["y"], c.val_fraction, c.test_fraction, params.seed)
+    elif study == "heart_rate":
+        h = params.heart_rate
+        bpm = heart_rate_bpm(raw / "ecg.dat", h.sampling_hz, h.peak_distance)
+        # Split on the beat, label after: the threshold may only come from the training split.
+        idx = np.arange(len(bpm))
+        i_rest, i_test = train_test_split(idx, test_size=h.test_fraction, random_state=params.seed)
+        i_train, i_val = train_test_split(
+            i_rest, test_size=h.val_fraction / (1 - h.test_fraction), random_state=params.seed
+        )
+        threshold = float(np.median(bpm[i_train])) if h.threshold_bpm is None else h.threshold_bpm
+        lo, hi = float(bpm[i_train].min()), float(bpm[i_train].max())
+        if not lo < threshold < hi:
+            raise DataError(
+                f"prepare.heart_rate.threshold_bpm = {threshold:g} leaves one class empty; "
+                f"allowed: between the training split's min {lo:.1f} and max {hi:.1f} bpm, "
+                "or null for its median"
+            )
+        label = (bpm > threshold).astype(np.int64)
+        splits = tuple(a for i in (i_train, i_val, i_test) for a in (bpm[i, None], label[i]))
+        summary.update(
+            threshold_bpm=round(threshold, 4), beats=int(len(bpm)),
+            bpm_mean=round(float(bpm.mean()), 2), bpm_std=round(float(bpm.std()), 2),
+        )  # fmt: skip
+    elif study == "fashion_mnist":
+        from torchvision.datasets import FashionMNIST
+
+        f = params.fashion_mnist
+        train = FashionMNIST(raw, train=True, download=False)
+        test = FashionMNIST(raw, train=False, download=False)
+        x = train.data.reshape(len(train.data), -1).numpy()
+        y = train.targets.numpy()
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=f.val_fraction, stratify=y, random_state=params.seed
+        )
+        x_test, y_test = test.data.reshape(len(test.data), -1).numpy(), test.targets.numpy()
+        if f.train_subset:
+            x_train, y_train = x_train[: f.train_subset], y_train[: f.train_subset]
+            n_val = max(f.train_subset // 4, 10)
+            x_val, y_val = x_val[:n_val], y_val[:n_val]
+        if f.test_subset:
+            x_test, y_test = x_test[: f.test_subset], y_test[: f.test_subset]
+        splits = (x_train, y_train, x_val, y_val, x_test, y_test)
+    else:
+        raise ValueError(f"unknown study {study!r}")
+    x_train, y_train, x_val, y_val, x_test, y_test = splits
+    n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+    write_npz(
+        paths.prepared(study),
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+    )  # fmt: skip
+    majority = int(np.bincount(y_train, minlength=n_classes).argmax())
+    summary.update(
+        n_classes=n_classes,
+        sizes={"train": len(y_train), "val": len(y_val), "test": len(y_test)},
+        class_balance={s: _balance(y, n_classes) for s, y in
+                       (("train", y_train), ("val", y_val), ("test", y_test))},
+        majority_class=majority,
+        majority_baseline_test=round(float((y_test == majority).mean()), 4),
+    )  # fmt: skip
+    write_json(paths.prepared(study).with_suffix(".json"), summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+def normalize_stats(study: str, paths: Paths) -> dict:
+    """Statistics for each normalisation, computed from the training split only.
+
+    ``scale`` maps raw values to model inputs (Fashion-MNIST pixels to [0, 1], seed 001);
+    ``zscore`` is (x * scale - mean) / std per feature; ``batchnorm`` is a BatchNorm1d input
+    layer inside the model (seed 002), so it uses the unscaled-by-statistics inputs.
+    """
+    d = read_npz(paths.prepared(study))
+    scale = 1 / 255 if d["x_train"].dtype == np.uint8 else 1.0
+    x = d["x_train"].astype(np.float64) * scale
+    std = x.std(axis=0)
+    stats = {
+        "study": study,
+        "fit_on": "train",
+        "n_fit": int(len(x)),
+        "scale": scale,
+        "mean": x.mean(axis=0).tolist(),
+        "std": np.where(std > 1e-8, std, 1.0).tolist(),
+    }
+    write_json(paths.norm_stats(study), stats)
+    return stats
+
+
+def load_split(
+    study: str, split: str, normalize: str, paths: Paths, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs and labels of one split, normalised with training-split statistics."""
+    d = read_npz(paths.prepared(study))
+    stats = read_json(paths.norm_stats(study))
+    x = torch.from_numpy(d[f"x_{split}"]).to(device=device, dtype=torch.float32)
+    if stats["scale"] != 1.0:
+        x = x * stats["scale"]
+    if normalize == "zscore":
+        mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device)
+        std = torch.tensor(stats["std"], dtype=torch.float32, device=device)
+        x = (x - mean) / std
+    return x, torch.from_numpy(d[f"y_{split}"]).to(device)

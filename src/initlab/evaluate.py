@@ -1,0 +1,73 @@
+"""Evaluation of every trained model on the held-out test split (never seen in training)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from initlab.config import Paths
+from initlab.data import load_split
+from initlab.io import atomic_path, write_json
+from initlab.models import build_module
+from initlab.registry import LOSSES
+from initlab.train import predictions, targets
+
+
+def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFrame:
+    """Test loss, accuracy and per-class accuracy of each run in ``pipeline/train/<study>``."""
+    runs = pd.read_csv(paths.trained(study) / "runs.csv")
+    cache: dict[str, tuple] = {}
+    rows = []
+    for run in runs.itertuples(index=False):
+        arch = json.loads(run.arch)
+        norm = "none" if run.normalize == "batchnorm" else run.normalize
+        if norm not in cache:
+            cache[norm] = load_split(study, "test", norm, paths, device)
+        x, y = cache[norm]
+        row = {"run_name": run.run_name, "test_loss": np.nan, "test_accuracy": np.nan}
+        n_classes = max(2, arch["sizes"][-1])
+        if not run.diverged:
+            module = build_module(**arch)
+            state = torch.load(paths.trained(study) / "weights" / f"{run.run_name}.pt",
+                               weights_only=True, map_location=device)  # fmt: skip
+            module.load_state_dict(state)
+            module.to(device).eval()
+            loss = LOSSES[run.loss]
+            with torch.no_grad():
+                out = module(x).unsqueeze(0)
+                t = targets(y, loss, n_classes)
+                t = t.unsqueeze(0) if loss.class_targets else t.unsqueeze(0).expand_as(out)
+                row["test_loss"] = float(loss.fn(out, t)[0])
+                pred = predictions(out, arch["head"])[0]
+            correct = (pred == y).float()
+            row["test_accuracy"] = float(correct.mean())
+            if n_classes > 2:
+                for c in range(n_classes):
+                    row[f"test_accuracy_class_{c}"] = float(correct[y == c].mean())
+        rows.append(row)
+    return runs.merge(pd.DataFrame(rows), on="run_name")
+
+
+def summarise(df: pd.DataFrame) -> dict:
+    """DVC metrics: per variant, the mean over seeds; the diverged share."""
+    out = {}
+    for variant, g in df.groupby("variant", sort=True):
+        out[variant] = {
+            "test_accuracy": round(float(g["test_accuracy"].mean()), 4),
+            "test_loss": round(float(g["test_loss"].mean()), 4),
+            "val_accuracy": round(float(g["val_accuracy"].mean()), 4),
+            "train_loss": round(float(g["train_loss"].mean()), 4),
+            "diverged": round(float(g["diverged"].mean()), 4),
+            "seeds": int(len(g)),
+        }
+    return {k: {m: (None if isinstance(v, float) and np.isnan(v) else v) for m, v in d.items()}
+            for k, d in out.items()}  # fmt: skip
+
+
+def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
+    with atomic_path(paths.evaluated(study)) as tmp:
+        df.drop(columns=["arch"]).to_csv(tmp, index=False)
+    write_json(paths.metrics(study), summarise(df))

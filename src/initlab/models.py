@@ -1,0 +1,130 @@
+"""MLPs for every study, M of them stacked so one process trains a whole group at once.
+
+``StackedMLP`` holds the weights of M same-shaped models as ``(M, out, in)`` tensors. Every model
+reads the same input batch, so the first layer is one wide GEMM over all models; later layers are
+batched matmuls. Models never mix: each has its own initialiser draws, dropout stream and loss,
+and ``to_module(m)`` gives model m back as a plain ``nn.Sequential`` (what MLflow stores).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from initlab.config import InitSpec
+from initlab.registry import init_linear
+
+ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "sigmoid": (torch.sigmoid, nn.Sigmoid),
+               "tanh": (torch.tanh, nn.Tanh)}  # fmt: skip
+
+
+class StackedMLP(nn.Module):
+    """M MLPs ``sizes[0] -> ... -> sizes[-1]`` with optional BatchNorm1d input layer (seed 002)."""
+
+    def __init__(
+        self,
+        n_models: int,
+        sizes: list[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batchnorm_input: bool = False,
+        head: str = "none",  # "sigmoid" | "softmax" | "none" (logits)
+    ) -> None:
+        super().__init__()
+        self.n_models, self.sizes = n_models, list(sizes)
+        self.activation, self.dropout, self.head = activation, dropout, head
+        self.batchnorm_input = batchnorm_input
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(n_models, o, i)) for i, o in zip(sizes[:-1], sizes[1:])
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(n_models, o)) for o in sizes[1:])
+        if batchnorm_input:
+            self.bn_weight = nn.Parameter(torch.ones(n_models, sizes[0]))
+            self.bn_bias = nn.Parameter(torch.zeros(n_models, sizes[0]))
+            self.register_buffer("bn_mean", torch.zeros(n_models, sizes[0]))
+            self.register_buffer("bn_var", torch.ones(n_models, sizes[0]))
+
+    def initialise(self, specs: list[InitSpec], generators: list[torch.Generator]) -> None:
+        """Model m's layers, first to last, drawn by ``specs[m]`` from ``generators[m]``."""
+        for m, (spec, gen) in enumerate(zip(specs, generators, strict=True)):
+            for w, b in zip(self.weights, self.biases):
+                init_linear(w.data[m], b.data[m], spec.name, spec.args, spec.bias, gen)
+
+    def forward(self, x: Tensor, dropout_generators: list[torch.Generator] | None = None) -> Tensor:
+        """``x``: ``(B, in)`` shared by all models, or ``(M, B, in)``. Returns ``(M, B, out)``."""
+        M = self.n_models
+        h = x
+        if self.batchnorm_input:
+            h = self._batchnorm(h)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if h.dim() == 2:  # shared input: one GEMM over all models' units
+                out = h @ w.reshape(M * w.shape[1], w.shape[2]).T
+                h = out.view(h.shape[0], M, w.shape[1]).transpose(0, 1) + b.unsqueeze(1)
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if k < last:
+                h = ACTIVATIONS[self.activation][0](h)
+                if self.training and self.dropout > 0:
+                    h = h * self._dropout_mask(h.shape, dropout_generators, h.device)
+        if self.head == "sigmoid":
+            return torch.sigmoid(h)
+        if self.head == "softmax":
+            return torch.softmax(h, dim=-1)
+        return h
+
+    def _batchnorm(self, x: Tensor) -> Tensor:
+        # BatchNorm1d over each model's own channels: fold models into the channel axis.
+        M, n_in = self.n_models, self.sizes[0]
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(M, *x.shape)
+        B = x.shape[1]
+        flat = x.transpose(0, 1).reshape(B, M * n_in)
+        y = F.batch_norm(
+            flat, self.bn_mean.view(-1), self.bn_var.view(-1), self.bn_weight.view(-1),
+            self.bn_bias.view(-1), training=self.training, momentum=0.1, eps=1e-5,
+        )  # fmt: skip
+        return y.view(B, M, n_in).transpose(0, 1)
+
+    def _dropout_mask(self, shape, generators, device) -> Tensor:
+        keep = 1.0 - self.dropout
+        if generators is None:
+            raise ValueError("training with dropout needs one generator per model")
+        mask = torch.empty(shape, device=device)
+        for m, g in enumerate(generators):  # each model draws its own masks, as if alone
+            mask[m].bernoulli_(keep, generator=g)
+        return mask.div_(keep)
+
+    def to_module(self, m: int) -> nn.Sequential:
+        """Model ``m`` as a standalone ``nn.Sequential`` with the same weights and buffers."""
+        layers: list[nn.Module] = []
+        if self.batchnorm_input:
+            bn = nn.BatchNorm1d(self.sizes[0])
+            with torch.no_grad():
+                bn.weight.copy_(self.bn_weight[m])
+                bn.bias.copy_(self.bn_bias[m])
+                bn.running_mean.copy_(self.bn_mean[m])
+                bn.running_var.copy_(self.bn_var[m])
+            layers.append(bn)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            lin = nn.Linear(w.shape[2], w.shape[1], device="meta").to_empty(device="cpu")
+            with torch.no_grad():
+                lin.weight.copy_(w[m])
+                lin.bias.copy_(b[m])
+            layers.append(lin)
+            if k < last:
+                layers.append(ACTIVATIONS[self.activation][1]())
+                if self.dropout > 0:
+                    layers.append(nn.Dropout(self.dropout))
+        layers.append({"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=-1)}.get(
+            self.head, nn.Identity()))  # fmt: skip
+        return nn.Sequential(*layers).eval()
+
+
+def build_module(
+    sizes: list[int], activation: str, dropout: float, batchnorm_input: bool, head: str
+) -> nn.Sequential:
+    """An empty standalone model of the given shape, to load saved weights into."""
+    return StackedMLP(1, sizes, activation, dropout, batchnorm_input, head).to_module(0)

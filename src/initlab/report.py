@@ -1,0 +1,242 @@
+"""The markdown comparison report: tables, the seeds' figures beside ours, and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from initlab.config import STUDIES, Params, Paths  # noqa: E402
+from initlab.io import atomic_path, read_json, read_npz  # noqa: E402
+from initlab.models import build_module  # noqa: E402
+from initlab.registry import init_linear  # noqa: E402
+
+TITLES = {
+    "line": "Line — logistic regression on 1-D data (seed 000)",
+    "circles": "Circles — small sigmoid MLP on make_circles (seed 002)",
+    "heart_rate": "Heart rate — the same MLP on raw beat-to-beat bpm (seed 002)",
+    "fashion_mnist": "Fashion-MNIST — MLP 784-256-128-10, one run per initialiser (seeds 001, 003)",
+}
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    if np.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {0.0 if np.isnan(std) else std:.{digits}f}"
+
+
+def variant_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: mean ± std over seeds, diverged count; best test accuracy first."""
+    rows = []
+    for variant, g in df.groupby("variant"):
+        r = g.iloc[0]
+        rows.append({
+            "variant": variant, "init": r["init"], "loss": r["loss"], "normalize": r["normalize"],
+            "lr": f"{r['lr']:g}",
+            "train loss": _pm(g["train_loss"].mean(), g["train_loss"].std()),
+            "val acc": _pm(g["val_accuracy"].mean(), g["val_accuracy"].std()),
+            "test acc": _pm(g["test_accuracy"].mean(), g["test_accuracy"].std()),
+            "diverged": f"{int(g['diverged'].sum())}/{len(g)}" if g["diverged"].any() else "no",
+            "_key": -np.nan_to_num(g["test_accuracy"].mean(), nan=-1.0),
+            "_loss": np.nan_to_num(g["train_loss"].mean(), nan=np.inf),
+        })  # fmt: skip
+    out = pd.DataFrame(rows).sort_values(["_key", "_loss", "variant"])
+    return out.drop(columns=["_key", "_loss"])
+
+
+def _curve(curves: dict, run: str, key: str) -> np.ndarray:
+    return curves.get(f"{run}/{key}", np.array([]))
+
+
+def fig_first_batches(df, curves, n, out: Path) -> None:
+    losses = sorted(df["loss"].unique())
+    fig, axes = plt.subplots(1, len(losses), figsize=(7 * len(losses), 4.8), squeeze=False)
+    for ax, loss in zip(axes[0], losses):
+        sub = df[(df["loss"] == loss) & (df["seed"] == df["seed"].min())]
+        for run in sub.itertuples():
+            ax.plot(_curve(curves, run.run_name, "step_loss")[:n], label=run.init, lw=1)
+        ax.set(title=f"first {n} batches, loss = {loss}", xlabel="batch", ylabel="training loss",
+               yscale="log")  # fmt: skip
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def fig_init_histograms(params: Params, labels: list[str], out: Path) -> None:
+    cols = 5
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        spec = params.inits[label]
+        w, b = torch.empty(256, 784), torch.empty(256)  # Fashion-MNIST's first layer
+        init_linear(w, b, spec.name, spec.args, spec.bias, torch.Generator().manual_seed(0))
+        ax.hist(w.flatten().numpy(), bins=80, color="tab:blue")
+        ax.set_title(f"{label}\nmean {w.mean():.3g}, std {w.std():.3g}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    fig.suptitle("initial weights of a 784 -> 256 layer, per initialiser")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def fig_loss_curves(df, curves, title: str, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    sub = df[df["seed"] == df["seed"].min()].sort_values("variant")
+    for run in sub.itertuples():
+        c = _curve(curves, run.run_name, "step_loss")
+        if len(c):
+            ax.plot(np.arange(1, len(c) + 1), c, label=run.variant, lw=1)
+    ax.set(title=title, xlabel="optimiser step", ylabel="training loss", xscale="log",
+           yscale="log")  # fmt: skip
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def fig_decision_boundary(df, paths: Paths, out: Path) -> None:
+    d = read_npz(paths.prepared("circles"))
+    x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
+    y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
+    pick = df[df["reproduce"]] if df["reproduce"].any() else df
+    run = pick.iloc[0]
+    arch = json.loads(run["arch"])
+    if run["normalize"] != "none" or run["diverged"]:
+        return
+    module = build_module(**arch)
+    module.load_state_dict(torch.load(paths.trained("circles") / "weights" /
+                                      f"{run['run_name']}.pt", weights_only=True))  # fmt: skip
+    g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
+    xx, yy = np.meshgrid(g, g)
+    with torch.no_grad():
+        z = module(torch.from_numpy(np.c_[xx.ravel(), yy.ravel()])).numpy().reshape(xx.shape)
+    if arch["head"] == "none":
+        z = 1 / (1 + np.exp(-z))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.6)
+    ax.contour(xx, yy, z, levels=[0.5], colors="k")
+    ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
+    ax.set(title=f"circles decision boundary: {run['run_name']}", xlabel="x1", ylabel="x2")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def _one(df, **where) -> pd.DataFrame:
+    m = np.ones(len(df), dtype=bool)
+    for k, v in where.items():
+        m &= df[k] == v
+    return df[m]
+
+
+def seed_comparison(frames: dict[str, pd.DataFrame], summaries: dict) -> list[str]:
+    """The seeds' own figures beside ours, each of ours read from this run's results."""
+    lines = ["| seed | claim | seed's figure | ours |", "|---|---|---|---|"]
+    if "line" in frames:
+        df = frames["line"]
+        for loss, theirs in (("mse", "0.575"), ("bce", "1.0 (remedy)")):
+            r = _one(df, reproduce=True, loss=loss)
+            ours = _pm(r["train_accuracy"].mean(), np.nan, 3) if len(r) else "not run"
+            lines.append(f"| 000 | bad start w=-5, b=-10, {loss.upper()}: training accuracy "
+                         f"(all 40 points) | {theirs} | {ours.split(' ±')[0]} |")  # fmt: skip
+    if "circles" in frames:
+        r = _one(frames["circles"], reproduce=True)
+        ours = f"{r['train_loss_last_step'].iloc[0]:.4f}" if len(r) else "not run"
+        lines.append(f"| 002 | circles, 1000 epochs Adam lr 0.1: final training loss | 0.0016 "
+                     f"| {ours} |")  # fmt: skip
+    if "heart_rate" in frames:
+        r = _one(frames["heart_rate"], normalize="none", loss="bce", lr=0.1)
+        ours = _pm(r["train_loss"].mean(), r["train_loss"].std()) if len(r) else "not run"
+        lines.append("| 002 | raw heart rate, 10000 epochs Adam lr 0.1: final training loss "
+                     f"(another patient, threshold 91 bpm) | 0.4296 | {ours} |")  # fmt: skip
+    if "fashion_mnist" in frames:
+        df = frames["fashion_mnist"]
+        ce = df[df["loss"] == "cross_entropy"]
+        for init in ("zeros", "ones"):
+            r = ce[ce["init"] == init]
+            if len(r):
+                lines.append(f"| 001 | {init}: validation accuracy after 2 epochs | ≈ 10 % "
+                             f"| {100 * r['val_accuracy'].mean():.1f} % |")  # fmt: skip
+        means = ce.groupby("init")["val_accuracy"].mean().sort_values(ascending=False)
+        if len(means):
+            top = ", ".join(f"{k} {100 * v:.1f} %" for k, v in means.head(3).items())
+            lines.append(f"| 001 | rule-based inits (U/N with 1/√n) best | uniform_rule, "
+                         f"normal_rule on top | top 3 by validation accuracy: {top} |")  # fmt: skip
+    return lines
+
+
+def render(params: Params, paths: Paths, studies=STUDIES) -> str:
+    figs = paths.reports / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    frames, summaries, md = {}, {}, []
+    for study in studies:
+        if paths.evaluated(study).exists():
+            df = pd.read_csv(paths.evaluated(study))
+            df = df.merge(pd.read_csv(paths.trained(study) / "runs.csv")[["run_name", "arch"]],
+                          on="run_name")  # fmt: skip
+            frames[study] = df
+            summaries[study] = read_json(paths.prepared(study).with_suffix(".json"))
+    md += ["# initlab report", "",
+           "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
+           "held-out test splits unless a row says otherwise. Mean ± std over seeds.", "",
+           "## The seeds' figures beside ours", ""]  # fmt: skip
+    md += seed_comparison(frames, summaries) + [""]
+    for study, df in frames.items():
+        s = summaries[study]
+        curves = dict(np.load(paths.trained(study) / "curves.npz"))
+        md += [f"## {TITLES[study]}", ""]
+        sizes = s["sizes"]
+        md.append(f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
+                  f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}.")
+        if study == "heart_rate":
+            md.append(f"{s['beats']} beats, mean {s['bpm_mean']} ± {s['bpm_std']} bpm; label = bpm > "
+                      f"{s['threshold_bpm']:.2f} (the training split's median unless set); class "
+                      f"balance (0/1) train {s['class_balance']['train']}, test "
+                      f"{s['class_balance']['test']}.")  # fmt: skip
+        if df["reproduce"].any():
+            md.append("Rows named `reproduce-…` run the seed's own setup"
+                      + (" on all data, so their test accuracy is not held out."
+                         if study == "circles" else "."))  # fmt: skip
+        md += ["", variant_table(df).to_markdown(index=False), ""]
+        if study == "fashion_mnist":
+            n = params.report.first_batches
+            fig_first_batches(df, curves, n, figs / "fashion_mnist_first_batches.png")
+            labels = list(dict.fromkeys(df["init"]))
+            fig_init_histograms(params, labels, figs / "init_histograms.png")
+            md += [f"![loss over the first {n} batches](figures/fashion_mnist_first_batches.png)",
+                   "", "![initial weights](figures/init_histograms.png)", ""]  # fmt: skip
+            cls = [c for c in df.columns if c.startswith("test_accuracy_class_")]
+            if cls:
+                best = df.groupby("variant")["test_accuracy"].mean().idxmax()
+                pc = df[df["variant"] == best][cls].mean()
+                from initlab.data import FASHION_MNIST_CLASSES as names
+
+                md += [f"Per-class test accuracy of the best variant (`{best}`): "
+                       + ", ".join(f"{names[int(c.rsplit('_', 1)[1])]} {v:.3f}"
+                                   for c, v in pc.items()), ""]  # fmt: skip
+        elif study in ("line", "heart_rate"):
+            fig_loss_curves(df, curves, f"{study}: training loss, seed {df['seed'].min()}",
+                            figs / f"{study}_loss.png")  # fmt: skip
+            md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
+        elif study == "circles":
+            fig_decision_boundary(df, paths, figs / "circles_boundary.png")
+            md += ["![circles decision boundary](figures/circles_boundary.png)", ""]
+    return "\n".join(md) + "\n"
+
+
+def write_report(params: Params, paths: Paths) -> Path:
+    text = render(params, paths)
+    out = paths.reports / "report.md"
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    return out
