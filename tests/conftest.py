@@ -1,0 +1,39 @@
+"""Shared fixtures: the offline data mirror and a project root in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from initlab.config import Paths, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("INITLAB_DATA_MIRROR") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def _offline_mirror(monkeypatch, tmp_path):
+    monkeypatch.setenv("INITLAB_DATA_MIRROR", str(MIRROR))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def params():
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory, params):
+    """line, circles and heart_rate downloaded, prepared and normalised under a temporary root."""
+    from initlab import data
+
+    os.environ.setdefault("INITLAB_DATA_MIRROR", str(MIRROR))
+    paths = Paths(tmp_path_factory.mktemp("root"))
+    for study in ("line", "circles", "heart_rate"):
+        data.download(study, params.data, paths)
+        data.prepare(study, params.prepare, paths)
+        data.normalize_stats(study, paths)
+    return paths

@@ -1,0 +1,83 @@
+"""Data: shapes, checksums, disjoint splits, statistics from the training split only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from initlab import data
+from initlab.config import Paths
+from initlab.io import read_json, read_npz, sha256
+
+
+def test_line_is_seed_000s_training_set_and_a_disjoint_holdout(small_root):
+    d = read_npz(small_root.prepared("line"))
+    assert d["x_train"].shape == (40, 1)
+    x = torch.arange(-2, 2, 0.1).view(-1, 1)  # the seed's own construction
+    assert np.array_equal(d["x_train"], x.numpy())
+    assert np.array_equal(d["y_train"], (x[:, 0] > 0.2).long().numpy())
+    held = np.concatenate([d["x_val"], d["x_test"]])[:, 0]
+    assert not np.isin(np.round(held, 4), np.round(d["x_train"][:, 0], 4)).any()
+    assert np.array_equal(np.concatenate([d["y_val"], d["y_test"]]),
+                          (np.concatenate([d["x_val"], d["x_test"]])[:, 0] > 0.2).astype(int))
+
+
+@pytest.mark.parametrize("study", ["circles", "heart_rate"])
+def test_splits_are_disjoint_and_cover_the_data(small_root, study):
+    d = read_npz(small_root.prepared(study))
+    rows = [tuple(r) for s in ("train", "val", "test") for r in d[f"x_{s}"].round(6)]
+    n = sum(len(d[f"y_{s}"]) for s in ("train", "val", "test"))
+    assert len(rows) == n
+    train = {tuple(r) for r in d["x_train"].round(6)}
+    test = {tuple(r) for r in d["x_test"].round(6)}
+    if study == "circles":  # heart-rate values repeat (same RR interval), points do not
+        assert not train & test
+        assert n == 500
+
+
+def test_heart_rate_is_real_bpm_labelled_by_the_training_median(small_root):
+    s = read_json(small_root.prepared("heart_rate").with_suffix(".json"))
+    d = read_npz(small_root.prepared("heart_rate"))
+    assert 450 <= s["beats"] <= 560  # five minutes of record 208
+    assert s["threshold_bpm"] == pytest.approx(float(np.median(d["x_train"])), abs=1e-3)
+    assert 60 < d["x_train"].min() and d["x_train"].max() < 200
+    for split in ("train", "val", "test"):
+        assert np.array_equal(d[f"y_{split}"], (d[f"x_{split}"][:, 0] > s["threshold_bpm"]))
+
+
+def test_normalisation_uses_training_statistics_only(small_root):
+    stats = read_json(small_root.norm_stats("heart_rate"))
+    d = read_npz(small_root.prepared("heart_rate"))
+    assert stats["fit_on"] == "train" and stats["n_fit"] == len(d["x_train"])
+    assert stats["mean"][0] == pytest.approx(float(d["x_train"].mean()), rel=1e-6)
+    assert stats["mean"][0] != pytest.approx(float(d["x_test"].mean()), rel=1e-6)
+    x, _ = data.load_split("heart_rate", "train", "zscore", small_root)
+    assert abs(x.mean().item()) < 1e-5 and x.std(unbiased=False).item() == pytest.approx(1, 1e-4)
+
+
+def test_download_writes_a_checksum_manifest(small_root):
+    raw = small_root.raw("heart_rate")
+    manifest = dict(reversed(line.split("  ")) for line in
+                    (raw / "SHA256SUMS").read_text().splitlines())  # fmt: skip
+    assert manifest["ecg.dat"] == sha256(raw / "ecg.dat") == data.ECG_SHA256
+
+
+def test_corrupt_mirror_file_names_the_file_and_both_hashes(tmp_path, monkeypatch, params):
+    mirror = tmp_path / "mirror"
+    (mirror / "ecg").mkdir(parents=True)
+    (mirror / "ecg" / "ecg.dat").write_bytes(b"not an ecg")
+    monkeypatch.setenv("INITLAB_DATA_MIRROR", str(mirror))
+    paths = Paths(tmp_path / "root")
+    with pytest.raises(data.DataError) as err:
+        data.download("heart_rate", params.data, paths)
+    msg = str(err.value)
+    assert "ecg.dat" in msg and data.ECG_SHA256 in msg
+    assert sha256(mirror / "ecg" / "ecg.dat") in msg
+    assert not paths.raw("heart_rate").exists()  # nothing half-written
+
+
+def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):
+    monkeypatch.setenv("INITLAB_DATA_MIRROR", str(tmp_path / "empty"))
+    with pytest.raises(data.DataError, match="not found in INITLAB_DATA_MIRROR"):
+        data.download("fashion_mnist", params.data, Paths(tmp_path / "root"))

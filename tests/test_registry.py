@@ -1,0 +1,114 @@
+"""Each initialiser draws from its formula; each loss gives seed 003's worked numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from initlab.registry import INITIALIZERS, LOSSES, init_linear
+
+FAN_OUT, FAN_IN = 400, 900  # big enough for tight sampling tolerances
+
+
+def draw(name: str, bias="zeros", **args) -> tuple[torch.Tensor, torch.Tensor]:
+    w, b = torch.empty(FAN_OUT, FAN_IN), torch.empty(FAN_OUT)
+    init_linear(w, b, name, args, bias, torch.Generator().manual_seed(0))
+    return w, b
+
+
+def check_uniform(w: torch.Tensor, lo: float, hi: float) -> None:
+    assert w.min() >= lo and w.max() < hi
+    assert w.min() < lo + 0.01 * (hi - lo) and w.max() > hi - 0.01 * (hi - lo)
+    assert w.mean().item() == pytest.approx((lo + hi) / 2, abs=0.01 * (hi - lo))
+    assert w.std().item() == pytest.approx((hi - lo) / math.sqrt(12), rel=0.02)
+
+
+def check_normal(w: torch.Tensor, mean: float, std: float) -> None:
+    assert w.mean().item() == pytest.approx(mean, abs=0.01 * std + 1e-6)
+    assert w.std().item() == pytest.approx(std, rel=0.02)
+
+
+@pytest.mark.parametrize(("name", "args", "value"), [
+    ("zeros", {}, 0.0), ("ones", {}, 1.0), ("constant", {"val": 0.77}, 0.77),
+    ("constant", {"val": -5.0}, -5.0),
+])  # fmt: skip
+def test_constants_are_exact(name, args, value):
+    w, b = draw(name, **args)
+    assert torch.all(w == torch.tensor(value, dtype=torch.float32))
+    assert torch.all(b == 0)
+
+
+def test_uniform_and_normal_follow_their_arguments():
+    check_uniform(draw("uniform", a=0.0, b=1.0)[0], 0.0, 1.0)
+    check_uniform(draw("uniform", a=-0.5, b=0.5)[0], -0.5, 0.5)
+    check_normal(draw("normal", mean=0.0, std=1.0)[0], 0.0, 1.0)
+
+
+def test_rules_of_seed_001_use_one_over_sqrt_fan_in():
+    y = 1 / math.sqrt(FAN_IN)
+    check_uniform(draw("uniform_rule")[0], -y, y)
+    check_normal(draw("normal_rule")[0], 0.0, y)
+
+
+def test_xavier():
+    a = math.sqrt(6 / (FAN_IN + FAN_OUT))
+    check_uniform(draw("xavier_uniform")[0], -a, a)
+    check_normal(draw("xavier_normal")[0], 0.0, math.sqrt(2 / (FAN_IN + FAN_OUT)))
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+def test_kaiming_relu(mode):
+    fan = FAN_IN if mode == "fan_in" else FAN_OUT
+    bound = math.sqrt(2) * math.sqrt(3 / fan)
+    check_uniform(draw("kaiming_uniform", mode=mode, nonlinearity="relu")[0], -bound, bound)
+    check_normal(draw("kaiming_normal", mode=mode, nonlinearity="relu")[0], 0.0,
+                 math.sqrt(2) / math.sqrt(fan))  # fmt: skip
+
+
+def test_default_equals_nn_linear_after_manual_seed():
+    torch.manual_seed(7)
+    ref = torch.nn.Linear(FAN_IN, FAN_OUT)
+    w, b = torch.empty(FAN_OUT, FAN_IN), torch.empty(FAN_OUT)
+    init_linear(w, b, "default", {}, "default", torch.Generator().manual_seed(7))
+    assert torch.equal(w, ref.weight.data) and torch.equal(b, ref.bias.data)
+
+
+def test_bias_can_be_a_constant():
+    _, b = draw("constant", bias=-10.0, val=-5.0)
+    assert torch.all(b == -10)
+
+
+def test_every_entry_has_a_formula_in_its_docstring():
+    for fn in INITIALIZERS.values():
+        assert fn.__doc__ and any(c in fn.__doc__ for c in "=~")
+    for loss in LOSSES.values():
+        assert "=" in loss.formula or "BCE" in loss.formula
+
+
+# Seed 003's worked numbers; the models axis is 1.
+def loss(name, out, target):
+    return LOSSES[name].fn(torch.tensor([out]), torch.tensor([target])).item()
+
+
+def test_cross_entropy_seed_003():
+    logits = [[1.5, 2.0, 0.5], [0.5, 1.0, 1.5]]
+    assert loss("cross_entropy", logits, [1, 2]) == pytest.approx(0.6422, abs=5e-5)
+
+
+def test_bce_seed_003():
+    p = [[0.7], [0.2], [0.9], [0.7]]
+    assert loss("bce", p, [[1.0], [0.0], [1.0], [0.0]]) == pytest.approx(0.4723, abs=5e-5)
+
+
+def test_l1_and_mse_seed_003():
+    assert loss("l1", [2.5, 5.0, 3.0], [2.0, 5.0, 2.5]) == pytest.approx(0.3333, abs=5e-5)
+    assert loss("mse", [2.5, 5.0, 3.0], [3.0, 5.0, 2.5]) == pytest.approx(0.1667, abs=5e-5)
+
+
+def test_bce_logits_equals_bce_on_sigmoid():
+    z = torch.tensor([[0.3, -1.2, 2.0]])
+    t = torch.tensor([[1.0, 0.0, 1.0]])
+    assert LOSSES["bce_logits"].fn(z, t).item() == pytest.approx(
+        LOSSES["bce"].fn(torch.sigmoid(z), t).item(), rel=1e-6)  # fmt: skip

@@ -1,0 +1,106 @@
+"""Training: the seeds' exact reproductions, and stacked models equal to models trained alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from initlab.config import Variant
+from initlab.optim import StackedAdam, StackedSGD
+from initlab.train import load_study_data, train_group, train_study
+
+
+def narrowed(params, study, **update):
+    st = getattr(params.train, study).model_copy(update=update)
+    train = params.train.model_copy(update={study: st})
+    return params.model_copy(update={"train": train})
+
+
+def test_line_reproduction_seed_000(params, small_root):
+    p = narrowed(params, "line", inits=["default"], losses=["mse"], seeds=[0])
+    res = {r.variant.name: r for r in train_study(p, "line", small_root, show_progress=False)}
+    mse = res["reproduce-bad_start-mse-none-lr2"].final
+    bce = res["reproduce-bad_start-bce-none-lr2"].final
+    assert mse["train_accuracy"] == pytest.approx(23 / 40, abs=1e-6)  # the seed's 0.575
+    assert bce["train_accuracy"] == 1.0
+
+
+def test_circles_reproduction_seed_002(params, small_root):
+    p = narrowed(params, "circles", inits=["default"], losses=["bce"], seeds=[0], lr=[0.1],
+                 normalize=["none"])  # fmt: skip
+    res = [r for r in train_study(p, "circles", small_root, show_progress=False)
+           if r.variant.reproduce]  # fmt: skip
+    assert round(res[0].final["train_loss_last_step"], 4) == 0.0016
+
+
+def seed_000_as_written():
+    """Seed 000's code, transcribed (DataLoader, nn.Module, torch.optim.SGD)."""
+    torch.manual_seed(0)
+    x = torch.arange(-2, 2, 0.1).view(-1, 1)
+    y = torch.zeros(x.shape[0], 1)
+    y[x[:, 0] > 0.2] = 1
+    model = torch.nn.Linear(1, 1)
+    model.state_dict()["weight"].data[0] = torch.tensor([[-5]])
+    model.state_dict()["bias"].data[0] = torch.tensor([[-10]])
+    opt = torch.optim.SGD(model.parameters(), lr=2)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    for _ in range(50):
+        for xb, yb in loader:
+            loss = torch.nn.MSELoss()(torch.sigmoid(model(xb)), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return torch.mean(((torch.sigmoid(model(x)) > 0.5) == y.bool()).float()).item()
+
+
+def test_seed_000_code_as_written_agrees():
+    assert seed_000_as_written() == pytest.approx(0.575, abs=1e-6)
+
+
+def test_stacked_models_equal_models_trained_alone(params, small_root):
+    """Three inits trained together give what each gives alone (shuffled minibatches, Adam)."""
+    st = params.train.circles.model_copy(update={
+        "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
+            update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
+    group = [Variant("circles", i, "bce_logits", "zscore", lr, 3)
+             for i, lr in (("default", 0.1), ("xavier_normal", 0.01), ("kaiming_uniform_in", 0.05))]
+    data = load_study_data("circles", "zscore", small_root, "cpu", False)
+    together = train_group(st, group, params.inits, data, 2)
+    for v, r in zip(group, together):
+        alone = train_group(st, [v], params.inits, data, 2)[0]
+        np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_is_a_result_not_a_crash(params, small_root):
+    st = params.train.heart_rate.model_copy(update={"epochs": 50, "optimizer": "sgd"})
+    group = [Variant("heart_rate", "ones", "bce_logits", "none", lr, 0) for lr in (1e38, 0.01)]
+    data = load_study_data("heart_rate", "none", small_root, "cpu", False)
+    st = st.model_copy(update={"model": st.model.model_copy(update={"activation": "relu"})})
+    blown, fine = train_group(st, group, params.inits, data, 2)
+    assert blown.final["diverged"] == 1 and np.isnan(blown.final["train_accuracy"])
+    assert 0 <= blown.final["diverged_step"] < len(blown.step_loss) + 1
+    assert fine.final["diverged"] == 0 and np.isfinite(fine.final["train_loss"])
+
+
+@pytest.mark.parametrize("cls", ["sgd", "adam"])
+def test_stacked_optimisers_match_torch(cls):
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 5)
+    lrs = torch.tensor([0.1, 0.01, 0.5])
+    mine = w.clone().requires_grad_()
+    opt = (StackedSGD if cls == "sgd" else StackedAdam)([mine], lrs)
+    refs = [w[m].clone().requires_grad_() for m in range(3)]
+    ref_opts = [(torch.optim.SGD if cls == "sgd" else torch.optim.Adam)([r], lr=float(lr))
+                for r, lr in zip(refs, lrs)]  # fmt: skip
+    for step in range(20):
+        g = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step))
+        mine.grad = g.clone()
+        opt.step()
+        for m, (r, o) in enumerate(zip(refs, ref_opts)):
+            r.grad = g[m].clone()
+            o.step()
+    for m in range(3):
+        torch.testing.assert_close(mine.detach()[m], refs[m].detach(), rtol=1e-5, atol=1e-6)
