@@ -143,6 +143,17 @@ def log_results(params, study: str, results: list, progress: bool | None = None)
                  **_flat_params("init_spec", params.inits[v.init].model_dump()),
                  **_flat_params("arch", r.arch)}  # fmt: skip
             cl.log_batch(rid, params=[Param(k, val) for k, val in p.items()], synchronous=True)
+            # The model first: MLflow copies a run's metrics into a model logged after them,
+            # and that copy fails on curves that share a timestamp.
+            if params.tracking.log_models:
+                with mlflow.start_run(run_id=rid, log_system_metrics=False):
+                    # pt2 (a traced graph) loads without unpickling code; pip_requirements given
+                    # skips MLflow's dependency inference (seconds per model).
+                    mlflow.pytorch.log_model(
+                        r.module, name="model", serialization_format="pt2",
+                        input_example=np.zeros((2, r.arch["sizes"][0]), dtype=np.float32),
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                    )  # fmt: skip
             steps = np.arange(len(r.step_loss))
             epochs = np.arange(len(r.val_loss))
             now = int(time.time() * 1000)
@@ -155,15 +166,6 @@ def log_results(params, study: str, results: list, progress: bool | None = None)
             )  # fmt: skip
             log_metrics(cl, rid, metrics)
             cl.set_tag(rid, "mlflow.runName", v.run_name)
-            if params.tracking.log_models:
-                with mlflow.start_run(run_id=rid, log_system_metrics=False):
-                    # pt2 (a traced graph) loads without unpickling code; pip_requirements given
-                    # skips MLflow's dependency inference (seconds per model).
-                    mlflow.pytorch.log_model(
-                        r.module, name="model", serialization_format="pt2",
-                        input_example=np.zeros((2, r.arch["sizes"][0]), dtype=np.float32),
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                    )  # fmt: skip
         run_ids.append(rid)
     return run_ids
 

@@ -213,7 +213,7 @@ def train_study(
     cache: dict[tuple, dict] = {}
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
     with tqdm(total=total, desc=f"train {study}", unit="model-epoch", disable=disable) as bar:
-        for key, group in groups.items():
+        for group in groups.values():
             v0 = group[0]
             all_data = v0.reproduce and bool(st.reproduce and st.reproduce.all_data)
             dkey = ("none" if v0.normalize == "batchnorm" else v0.normalize, all_data)

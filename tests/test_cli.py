@@ -1,0 +1,76 @@
+"""The CLI: --help explains, bad params are one line with exit code 2 and write nothing."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from initlab.cli import app
+from initlab.config import ParamsError, load_params
+
+runner = CliRunner()
+REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
+
+
+def test_help_lists_one_command_per_stage():
+    out = runner.invoke(app, ["--help"]).output
+    for stage in ("download", "prepare", "normalize", "train", "evaluate", "report"):
+        assert stage in out
+
+
+def with_change(path: str, value):
+    p = yaml.safe_load(yaml.safe_dump(REPO_PARAMS))
+    *parents, last = path.split(".")
+    node = p
+    for k in parents:
+        node = node[k]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return p
+
+
+BAD = [
+    ("train.line.inits", ["no_such_init"], "no_such_init"),
+    ("train.line.losses", ["hinge"], "unknown loss 'hinge'"),
+    ("train.line.lr", [-1.0], "greater than 0"),
+    ("train.line.epochs", 0, "greater than 0"),
+    ("train.fashion_mnist.batch_size", -5, "greater than 0"),
+    ("train.circles.normalize", ["minmax"], "minmax"),
+    ("train.line.optimizer", "rmsprop", "rmsprop"),
+    ("prepare.circles.val_fraction", 1.5, "less than 1"),
+    ("prepare.heart_rate.test_fraction", 0.9, "allowed: a sum below 1"),
+    ("inits.zeros.name", "zeroes", "unknown initialiser 'zeroes'"),
+    ("train.line.seeds", [], "at least 1"),
+    ("train.line.epochs", "many", "valid integer"),
+    ("train.heart_rate", KeyError, "missing key train.heart_rate"),
+    ("train.line.color", "red", "unknown key train.line.color"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, message):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(with_change(key, value)))
+    with pytest.raises(ParamsError) as err:
+        load_params(f)
+    text = str(err.value)
+    assert "\n" not in text and message in text
+    top = key.split(".")[0]
+    assert top in text
+
+
+def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("train.line.lr", [0])))
+    result = runner.invoke(app, ["train", "line"])
+    assert result.exit_code == 2
+    assert "train.line.lr" in result.output
+    assert not (tmp_path / "pipeline").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_study_is_refused():
+    result = runner.invoke(app, ["download", "mnist"])
+    assert result.exit_code == 2 and "mnist" in result.output

@@ -1,0 +1,90 @@
+"""End to end: `dvc repro` of the CI profile in a temporary copy, checked against baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MIRROR, REPO
+
+BASELINE = REPO / "tests" / "ci" / "baseline_metrics.json"
+pytestmark = pytest.mark.slow
+TOLERANCE = 0.02  # test accuracy, absolute: same machine is exact, others differ in float order
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e") / "project"
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, work / name)
+    shutil.copy(REPO / "tests" / "ci" / "params.yaml", work / "params.yaml")
+    env = {**os.environ, "INITLAB_DATA_MIRROR": str(MIRROR),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    run(["git", "init", "-q"], work, env)
+    first = run(["dvc", "repro"], work, env)
+    return work, env, first
+
+
+def test_ci_profile_runs_every_stage_and_writes_the_report(project):
+    work, _, first = project
+    assert first.count("Running stage") == 4 * 5 + 1
+    report = (work / "reports" / "report.md").read_text()
+    for title in ("Line", "Circles", "Heart rate", "Fashion-MNIST"):
+        assert f"## {title}" in report
+
+
+def test_test_accuracies_match_the_committed_baselines(project):
+    work, _, _ = project
+    got = {}
+    for f in sorted((work / "pipeline" / "metrics").glob("*.json")):
+        got[f.stem] = {v: m["test_accuracy"] for v, m in json.loads(f.read_text()).items()}
+    if os.environ.get("INITLAB_UPDATE_BASELINE"):
+        BASELINE.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    want = json.loads(BASELINE.read_text())
+    assert got.keys() == want.keys()
+    for study in want:
+        assert got[study].keys() == want[study].keys(), study
+        for variant, acc in want[study].items():
+            if acc is None:
+                assert got[study][variant] is None, (study, variant)
+            else:
+                assert got[study][variant] == pytest.approx(acc, abs=TOLERANCE), (study, variant)
+
+
+def test_the_seed_stories_hold_in_the_ci_profile(project):
+    work, _, _ = project
+    m = {f.stem: json.loads(f.read_text()) for f in (work / "pipeline" / "metrics").glob("*.json")}
+    assert m["line"]["reproduce-bad_start-mse-none-lr2"]["test_accuracy"] < 0.6
+    assert m["line"]["bad_start-bce-none-lr2"]["test_accuracy"] > 0.95
+    assert m["heart_rate"]["default-bce_logits-none-lr0.1"]["test_accuracy"] < 0.7
+    assert m["heart_rate"]["default-bce_logits-zscore-lr0.1"]["test_accuracy"] > 0.95
+    assert m["heart_rate"]["default-bce_logits-batchnorm-lr0.1"]["test_accuracy"] > 0.95
+    fm = m["fashion_mnist"]
+    assert fm["zeros-cross_entropy-none-lr0.001"]["test_accuracy"] < 0.2
+    assert fm["uniform_rule-cross_entropy-none-lr0.001"]["test_accuracy"] > 0.6
+
+
+def test_second_repro_does_nothing_and_a_param_reruns_only_its_stages(project):
+    work, env, _ = project
+    again = run(["dvc", "repro"], work, env)
+    assert "Running stage" not in again
+    params = (work / "params.yaml").read_text()
+    (work / "params.yaml").write_text(params.replace("first_batches: 100", "first_batches: 50"))
+    out = run(["dvc", "repro"], work, env)
+    assert out.count("Running stage") == 1 and "Running stage 'report'" in out
