@@ -47,6 +47,15 @@ BAD = [
     ("train.line.epochs", "many", "valid integer"),
     ("train.heart_rate", KeyError, "missing key train.heart_rate"),
     ("train.line.color", "red", "unknown key train.line.color"),
+    ("train.line.lr", [], "empty list; allowed: one or more positive learning rates"),
+    ("prepare.line.val_fraction", 0, "greater than 0"),
+    ("train.fashion_mnist.model.dropout", 1.0, "less than 1"),
+    ("train.line.model.activation", "gelu", "gelu"),
+    ("train.line.reproduce.losses", ["hinge"], "unknown loss 'hinge'"),
+    ("data.circles.n_samples", 0, "greater than 0"),
+    ("train.line.shuffle", "maybe", "valid boolean"),
+    ("prepare.heart_rate.threshold_bpm", -3, "greater than 0"),
+    ("inits.bad_start.bias", "ones", "bias"),
 ]
 
 
@@ -58,8 +67,19 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
         load_params(f)
     text = str(err.value)
     assert "\n" not in text and message in text
-    top = key.split(".")[0]
-    assert top in text
+    assert key.split(".")[0] in text
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypatch, key, value,
+                                                              message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
+    for stage in (["download", "line"], ["train", "line"], ["report"]):
+        result = runner.invoke(app, stage)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no pipeline/, no mlflow.db
 
 
 def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
