@@ -218,15 +218,21 @@ class Params(Strict):
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    # Drop pydantic's union branch tags ("float", "literal['zeros','default']") from the key.
+    loc = [str(p) for p in err["loc"]
+           if str(p) not in ("float", "int", "str", "bool") and not str(p).startswith("literal[")]
+    key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] in ("missing",):
+    if err["type"] == "missing":
         return f"params.yaml: missing key {key}"
     if err["type"] == "extra_forbidden":
         return f"params.yaml: unknown key {key}; remove it or check its spelling"
     value = err.get("input")
-    where = f"{key} = {value!r}" if key and not isinstance(value, dict) else (key or "params")
-    return f"params.yaml: {where}: {msg}"
+    if isinstance(value, dict) or not key:  # a check across keys: its message names them
+        return f"params.yaml: {msg}"
+    if len(loc) < len(err["loc"]):  # a union: say every form allowed
+        msg = "allowed: a number, 'zeros' or 'default'" if loc[-1] == "bias" else msg
+    return f"params.yaml: {key} = {value!r}: {msg}"
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
