@@ -139,7 +139,7 @@ def _one(df, **where) -> pd.DataFrame:
     return df[m]
 
 
-def seed_comparison(frames: dict[str, pd.DataFrame], summaries: dict) -> list[str]:
+def seed_comparison(frames: dict[str, pd.DataFrame]) -> list[str]:
     """The seeds' own figures beside ours, each of ours read from this run's results."""
     lines = ["| seed | claim | seed's figure | ours |", "|---|---|---|---|"]
     if "line" in frames:
@@ -190,7 +190,7 @@ def render(params: Params, paths: Paths, studies=STUDIES) -> str:
            "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
            "held-out test splits unless a row says otherwise. Mean ± std over seeds.", "",
            "## The seeds' figures beside ours", ""]  # fmt: skip
-    md += seed_comparison(frames, summaries) + [""]
+    md += seed_comparison(frames) + [""]
     for study, df in frames.items():
         s = summaries[study]
         curves = dict(np.load(paths.trained(study) / "curves.npz"))
