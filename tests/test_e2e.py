@@ -88,3 +88,12 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_stages(project):
     (work / "params.yaml").write_text(params.replace("first_batches: 100", "first_batches: 50"))
     out = run(["dvc", "repro"], work, env)
     assert out.count("Running stage") == 1 and "Running stage 'report'" in out
+
+
+def test_bench_refuses_a_subset_with_one_line(project):
+    work, env, _ = project
+    out = subprocess.run(["initlab", "bench", "--no-pipeline", "--out", "b.json"], cwd=work, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "48,000 training images" in out.stderr and "train_subset" in out.stderr
+    assert not (work / "b.json").exists()

@@ -112,3 +112,20 @@ def test_bce_logits_equals_bce_on_sigmoid():
     t = torch.tensor([[1.0, 0.0, 1.0]])
     assert LOSSES["bce_logits"].fn(z, t).item() == pytest.approx(
         LOSSES["bce"].fn(torch.sigmoid(z), t).item(), rel=1e-6)  # fmt: skip
+
+
+def test_torch_free_names_match_the_registry():
+    from initlab.names import INITIALIZER_NAMES, LOSS_NAMES
+    from initlab.registry import INITIALIZERS, LOSSES
+
+    assert INITIALIZER_NAMES == tuple(INITIALIZERS)
+    assert LOSS_NAMES == tuple(LOSSES)
+
+
+def test_data_stages_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from initlab import cli, config, data; "
+            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -59,12 +59,14 @@ def test_seed_000_code_as_written_agrees():
 
 
 def test_stacked_models_equal_models_trained_alone(params, small_root):
-    """Three inits trained together give what each gives alone (shuffled minibatches, Adam)."""
+    """Three models trained together give what each gives alone (shuffled minibatches, Adam,
+    dropout; different inits, learning rates and losses, so different heads)."""
     st = params.train.circles.model_copy(update={
         "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
             update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
-    group = [Variant("circles", i, "bce_logits", "zscore", lr, 3)
-             for i, lr in (("default", 0.1), ("xavier_normal", 0.01), ("kaiming_uniform_in", 0.05))]
+    group = [Variant("circles", i, loss, "zscore", lr, 3) for i, lr, loss in (
+        ("default", 0.1, "bce_logits"), ("xavier_normal", 0.01, "bce"),
+        ("kaiming_uniform_in", 0.05, "bce_logits"))]  # fmt: skip
     data = load_study_data("circles", "zscore", small_root, "cpu", False)
     together = train_group(st, group, params.inits, data, 2)
     for v, r in zip(group, together):

@@ -107,7 +107,7 @@ def train(
     """Train every variant (init x loss x normalisation x lr x seed) of a study; log each to MLflow."""
     import torch
 
-    from initlab.io import atomic_path
+    from initlab.io import atomic_path, write_json
     from initlab.tracking import log_results, sigterm_raises, tracking_uri
     from initlab.train import save_results, train_study
 
@@ -127,6 +127,8 @@ def train(
             r.final["mlflow_run_id"] = rid
         with atomic_path(Paths().trained(study.value)) as out:
             save_results(results, out)
+            write_json(out / "timing.json", {"models": len(results), "train_seconds": t1 - t0,
+                                             "mlflow_seconds": t2 - t1})  # fmt: skip
     typer.echo(f"trained {len(results)} models in {t1 - t0:.1f} s; MLflow logging "
                f"{t2 - t1:.1f} s to {tracking_uri()}", err=True)  # fmt: skip
 
@@ -142,13 +144,15 @@ def evaluate(study: Study) -> None:
     paths = Paths()
     df = evaluate_study(study.value, paths)
     missing = 0
+    t1 = time.perf_counter()
     for row in df.itertuples(index=False):
         test = {k: getattr(row, k) for k in df.columns if k.startswith("test_")}
         missing += not log_test_metrics(row.mlflow_run_id, test)
+    mlflow_seconds = time.perf_counter() - t1
     if missing:
         typer.echo(f"warning: {missing} MLflow runs not found; test metrics only in "
                    f"{paths.metrics(study.value)}", err=True)  # fmt: skip
-    write_evaluation(study.value, df, paths)
+    write_evaluation(study.value, df, paths, {"mlflow_seconds": mlflow_seconds})
     _done(f"evaluate {study.value}: {len(df)} runs -> {paths.metrics(study.value)}", t0)
 
 
@@ -161,6 +165,43 @@ def report(params: Path = ParamsOpt) -> None:
     t0 = time.perf_counter()
     out = write_report(load_params(params), Paths())
     _done(f"report: {out}", t0)
+
+
+BenchOut = typer.Option(Path("reports/bench.json"), help="Where to write the figures (JSON).")
+BenchPipeline = typer.Option(True, help="Also time a full `dvc repro` from clean in a temporary "
+                             "copy of the project, and a no-op one (minutes).")
+BenchDevice = typer.Option("cpu", help="Device for initlab's trainer.")
+
+
+@app.command()
+@stage
+def bench(
+    params: Path = ParamsOpt,
+    out: Path = BenchOut,
+    pipeline: bool = BenchPipeline,
+    device: str = BenchDevice,
+) -> None:
+    """Measure, in one run: seed 001's training loop per model, initlab's trainer per model on
+    the same setup, the machine's float32 GEMM rate; optionally the full and no-op `dvc repro`
+    wall times and MLflow's share of training time. Prints the ratios; writes them to --out.
+
+    Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
+    """
+    from initlab.bench import run_bench, summary_lines
+    from initlab.io import write_json
+
+    p = load_params(params)
+    paths = Paths()
+    for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
+        if not need.exists():
+            raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
+    root = Path.cwd()
+    result = run_bench(p, paths, root, pipeline,
+                       device, progress=lambda m: typer.echo(m, err=True))  # fmt: skip
+    write_json(out, result)
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"figures: {out}")
 
 
 def main() -> None:  # pragma: no cover

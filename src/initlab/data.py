@@ -14,9 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import torch
-from sklearn.datasets import make_circles
-from sklearn.model_selection import train_test_split
 
 from initlab.config import DataParams, Paths, PrepareParams, data_mirror
 from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
@@ -55,6 +52,8 @@ def verify(path: Path, expected: str) -> None:
 
 
 def _line(p: DataParams) -> dict[str, np.ndarray]:
+    import torch  # seed 000's x is torch.arange in float32
+
     lp = p.line
     # Seed 000's exact training set, built the way the seed builds it (float32 arange).
     x = torch.arange(lp.start, lp.stop, lp.step).view(-1, 1)
@@ -72,6 +71,8 @@ def _line(p: DataParams) -> dict[str, np.ndarray]:
 
 
 def _circles(p: DataParams) -> dict[str, np.ndarray]:
+    from sklearn.datasets import make_circles
+
     c = p.circles
     x, y = make_circles(
         n_samples=c.n_samples, noise=c.noise, factor=c.factor, random_state=c.random_state
@@ -165,6 +166,8 @@ def heart_rate_bpm(ecg_dat: Path, sampling_hz: float, peak_distance: int) -> np.
 
 
 def _split3(x, y, val: float, test: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=test, stratify=y, random_state=seed
     )
@@ -180,6 +183,8 @@ def _balance(y: np.ndarray, n_classes: int) -> list[float]:
 
 def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
     """Seeded, stratified train / validation / test splits of one study; returns a summary."""
+    from sklearn.model_selection import train_test_split
+
     raw = paths.raw(study)
     summary: dict = {"study": study, "seed": params.seed}
     if study == "line":
@@ -284,8 +289,10 @@ def normalize_stats(study: str, paths: Paths) -> dict:
 
 def load_split(
     study: str, split: str, normalize: str, paths: Paths, device: str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple:
     """Model inputs and labels of one split, normalised with training-split statistics."""
+    import torch
+
     d = read_npz(paths.prepared(study))
     stats = read_json(paths.norm_stats(study))
     x = torch.from_numpy(d[f"x_{split}"]).to(device=device, dtype=torch.float32)

@@ -19,6 +19,15 @@ ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "sigmoid": (torch.sigmoid, nn.Sigmoid)
                "tanh": (torch.tanh, nn.Tanh)}  # fmt: skip
 
 
+def apply_head(h: Tensor, head: str) -> Tensor:
+    """``"sigmoid"``, ``"softmax"`` (last axis) or ``"none"`` (logits) on the last layer."""
+    if head == "sigmoid":
+        return torch.sigmoid(h)
+    if head == "softmax":
+        return torch.softmax(h, dim=-1)
+    return h
+
+
 class StackedMLP(nn.Module):
     """M MLPs ``sizes[0] -> ... -> sizes[-1]`` with optional BatchNorm1d input layer (seed 002)."""
 
@@ -59,20 +68,16 @@ class StackedMLP(nn.Module):
             h = self._batchnorm(h)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if h.dim() == 2:  # shared input: one GEMM over all models' units
-                out = h @ w.reshape(M * w.shape[1], w.shape[2]).T
-                h = out.view(h.shape[0], M, w.shape[1]).transpose(0, 1) + b.unsqueeze(1)
+            if h.dim() == 2:  # shared input: one GEMM over all models' units, bias fused in
+                out = torch.addmm(b.view(-1), h, w.view(M * w.shape[1], w.shape[2]).T)
+                h = out.view(h.shape[0], M, w.shape[1]).transpose(0, 1)  # (M, B, out), a view
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if k < last:
                 h = ACTIVATIONS[self.activation][0](h)
                 if self.training and self.dropout > 0:
                     h = h * self._dropout_mask(h.shape, dropout_generators, h.device)
-        if self.head == "sigmoid":
-            return torch.sigmoid(h)
-        if self.head == "softmax":
-            return torch.softmax(h, dim=-1)
-        return h
+        return apply_head(h, self.head)
 
     def _batchnorm(self, x: Tensor) -> Tensor:
         # BatchNorm1d over each model's own channels: fold models into the channel axis.
@@ -88,16 +93,25 @@ class StackedMLP(nn.Module):
         return y.view(B, M, n_in).transpose(0, 1)
 
     def _dropout_mask(self, shape, generators, device) -> Tensor:
+        """Keep each unit with probability 1 - p, scaled by 1 / (1 - p), as ``nn.Dropout``.
+
+        Each model draws its own mask from its own generator, as if trained alone. ``rand < keep``
+        (exact to 2^-24) is drawn per model in one call; ``bernoulli_(keep)`` costs twice as much
+        per element on CPU, about 5 ms of a 45 ms Fashion-MNIST step of 14 models.
+        """
         keep = 1.0 - self.dropout
         if generators is None:
             raise ValueError("training with dropout needs one generator per model")
-        mask = torch.empty(shape, device=device)
-        for m, g in enumerate(generators):  # each model draws its own masks, as if alone
-            mask[m].bernoulli_(keep, generator=g)
-        return mask.div_(keep)
+        M, B, n = shape  # laid out as the activations are: (B, M, n) in memory
+        mask = torch.empty(B, M, n, device=device).transpose(0, 1)
+        for m, g in enumerate(generators):
+            mask[m].uniform_(generator=g)
+        return mask.lt_(keep).mul_(1.0 / keep)
 
-    def to_module(self, m: int) -> nn.Sequential:
-        """Model ``m`` as a standalone ``nn.Sequential`` with the same weights and buffers."""
+    def to_module(self, m: int, head: str | None = None) -> nn.Sequential:
+        """Model ``m`` as a standalone ``nn.Sequential`` with the same weights and buffers,
+        ending in ``head`` (default: the stack's)."""
+        head = self.head if head is None else head
         layers: list[nn.Module] = []
         if self.batchnorm_input:
             bn = nn.BatchNorm1d(self.sizes[0])
@@ -119,7 +133,7 @@ class StackedMLP(nn.Module):
                 if self.dropout > 0:
                     layers.append(nn.Dropout(self.dropout))
         layers.append({"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=-1)}.get(
-            self.head, nn.Identity()))  # fmt: skip
+            head, nn.Identity()))  # fmt: skip
         return nn.Sequential(*layers).eval()
 
 

@@ -1,0 +1,243 @@
+"""``initlab bench``: how fast initlab trains, measured against seed 001's own loop, in one run.
+
+Three measurements on the same machine, one after the other:
+
+(a) ``seed_loop``: seed 001's training code for one model, as its notebook runs it: torchvision's
+    ``FashionMNIST`` with ``ToTensor``, a ``DataLoader`` of batch 100 over a ``SubsetRandomSampler``,
+    ``nn.Linear`` layers, ``torch.optim.Adam(lr=1e-3)``, ``loss.item()`` per batch, two epochs,
+    then validation accuracy.
+(b) ``initlab``: ``train_group`` on the same setup (one group of the Fashion-MNIST study: the
+    models that read the same batches, every init with both losses), wall time divided by the
+    number of models.
+(c) ``gemm``: float32 ``torch.mm`` of two square matrices, the machine's matrix-multiply rate.
+
+FLOPs of a model are counted as the issue counts them: 6 x parameters per sample (forward 2,
+backward 4), about 1.4 MFLOP for 784-256-128-10. initlab skips the gradient of the input, which
+nobody needs, so the work it does is less than that count; both are reported.
+
+Optionally (``--pipeline``) it copies the project to a temporary folder and times a full
+``dvc repro`` from clean (data read from ``INITLAB_DATA_MIRROR`` or the network) and a no-op one,
+and sums the MLflow logging share from the train stages' timing files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from initlab.config import Params, ParamsError, Paths, variants
+
+SEED_TRAIN_IMAGES = 48_000  # seed 001: 80 % of the official 60,000
+
+
+def gemm_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    """Best float32 ``torch.mm`` rate over ~``seconds`` of n x n products, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+class SeedNet(nn.Module):
+    """Seed 001's ``Net``, verbatim: 784-256-128-10, ReLU, dropout 0.2."""
+
+    def __init__(self, hidden_1: int = 256, hidden_2: int = 128) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden_1)
+        self.fc2 = nn.Linear(hidden_1, hidden_2)
+        self.fc3 = nn.Linear(hidden_2, 10)
+        self.dropout = nn.Dropout(0.2)
+
+    def forward(self, x):
+        x = x.view(-1, 28 * 28)
+        x = self.dropout(torch.relu(self.fc1(x)))
+        x = self.dropout(torch.relu(self.fc2(x)))
+        return self.fc3(x)
+
+
+def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
+    """Seed 001's ``_get_loss_acc`` for one model; returns seconds and validation accuracy."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    train_data = datasets.FashionMNIST(root=str(raw_root), train=True, download=False,
+                                       transform=transforms.ToTensor())  # fmt: skip
+    indices = list(range(len(train_data)))
+    np.random.shuffle(indices)
+    split = int(np.floor(0.2 * len(train_data)))
+    train_idx, valid_idx = indices[split:], indices[:split]
+    train_loader = DataLoader(train_data, batch_size=100, sampler=SubsetRandomSampler(train_idx))
+    valid_loader = DataLoader(train_data, batch_size=100, sampler=SubsetRandomSampler(valid_idx))
+    model = SeedNet()
+    t0 = time.perf_counter()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), 0.001)
+    loss_batch = []
+    for _ in range(epochs):
+        for data, target in train_loader:
+            optimizer.zero_grad()
+            loss = criterion(model(data), target)
+            loss.backward()
+            optimizer.step()
+            loss_batch.append(loss.item())
+    correct = total = 0
+    for data, target in valid_loader:
+        _, predicted = torch.max(model(data).data, 1)
+        total += target.size(0)
+        correct += (predicted == target).sum()
+    seconds = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"seconds": seconds, "val_accuracy": correct.item() / total, "steps": len(loss_batch),
+            "samples": len(train_idx) * epochs, "n_params": n_params}  # fmt: skip
+
+
+def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str = "cpu") -> dict:
+    """``train_group`` on one group of the Fashion-MNIST study, as ``dvc repro`` trains it: every
+    model that reads seed ``seed``'s batches (each init x loss); seconds per model."""
+    from initlab.train import load_study_data, train_group
+
+    st = params.train.fashion_mnist
+    group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed),
+                   key=lambda v: v.lr)  # fmt: skip
+    data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
+    if len(data["x_train"]) != SEED_TRAIN_IMAGES:
+        raise ParamsError(f"bench compares with seed 001 on its {SEED_TRAIN_IMAGES:,} training images; "
+                          f"the prepared split has {len(data['x_train']):,} "
+                          "(prepare.fashion_mnist.train_subset); allowed: null")  # fmt: skip
+    t0 = time.perf_counter()
+    results = train_group(st, group, params.inits, data, 10, device)
+    seconds = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in results[0].module.parameters())
+    acc = {v.name: r.final["val_accuracy"] for v, r in zip(group, results)}
+    return {"seconds_per_model": seconds / len(group), "models": len(group), "seconds": seconds,
+            "samples": len(data["x_train"]) * st.epochs, "n_params": n_params,
+            "val_accuracy": acc}  # fmt: skip
+
+
+def executed_flops_per_sample(sizes: list[int]) -> int:
+    """FLOPs initlab's step does per sample: forward + weight gradients everywhere, input
+    gradients only above the first layer."""
+    macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
+
+
+def time_pipeline(project: Path, env: dict[str, str]) -> dict:
+    """Full ``dvc repro`` from clean in a copy of ``project``, then a no-op ``dvc repro``."""
+    with tempfile.TemporaryDirectory(prefix="initlab-bench-") as tmp:
+        root = Path(tmp) / "project"
+        files = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True,
+                               check=True).stdout.split()  # fmt: skip
+        for f in files:
+            if f == "dvc.lock" or f.startswith(("reports/", "pipeline/")):
+                continue
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / f, root / f)
+        env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+        for cmd in (["git", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+            subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+        out = {}
+        for key in ("full_repro_seconds", "noop_repro_seconds"):
+            t0 = time.perf_counter()
+            p = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+            out[key] = time.perf_counter() - t0
+            if p.returncode != 0:
+                raise RuntimeError(f"dvc repro failed in {root}:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+        train_s = mlflow_s = 0.0
+        for t in sorted((root / "pipeline" / "train").glob("*/timing.json")):
+            d = json.loads(t.read_text())
+            out[f"train_{t.parent.name}"] = d
+            train_s += d["train_seconds"]
+            mlflow_s += d["mlflow_seconds"]
+        for t in sorted((root / "pipeline" / "evaluate").glob("*.timing.json")):
+            mlflow_s += json.loads(t.read_text())["mlflow_seconds"]
+        out.update(train_seconds=train_s, mlflow_seconds=mlflow_s,
+                   mlflow_share_of_training=mlflow_s / train_s)  # fmt: skip
+        return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip
+
+
+def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
+              progress=print) -> dict:  # fmt: skip
+    """All measurements, in one process, one after the other; returns the figures."""
+    from initlab.train import keep_freed_memory
+
+    keep_freed_memory()
+    sizes = [784, *params.train.fashion_mnist.model.hidden, 10]
+    out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
+                 "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
+    progress("(c) float32 GEMM rate ...")
+    gemm_before = gemm_gflops()
+    progress("(a) seed 001's loop, one model ...")
+    a = seed_loop(paths.raw("fashion_mnist"))
+    progress("(b) initlab's trainer, one group ...")
+    b = initlab_per_model(params, paths, device=device)
+    gemm_after = gemm_gflops()
+    gemm = max(gemm_before, gemm_after)
+    nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
+    executed = executed_flops_per_sample(sizes) * b["samples"] / 1e9
+    out.update(
+        seed_loop=a, initlab=b,
+        gemm_gflops={"before": gemm_before, "after": gemm_after, "best": gemm},
+        gflop_per_model={"nominal_6N": nominal, "executed": executed},
+        speedup=a["seconds"] / b["seconds_per_model"],
+        initlab_gflops=nominal / b["seconds_per_model"],
+        initlab_gemm_fraction=nominal / b["seconds_per_model"] / gemm,
+        initlab_gemm_fraction_executed=executed / b["seconds_per_model"] / gemm,
+    )  # fmt: skip
+    if pipeline:
+        progress("full dvc repro from clean in a temporary copy, then a no-op one ...")
+        out["pipeline"] = time_pipeline(project, dict(os.environ))
+    return out
+
+
+def summary_lines(r: dict) -> list[str]:
+    lines = [
+        f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}",
+        f"(a) seed 001 loop:        {r['seed_loop']['seconds']:.2f} s per model",
+        f"(b) initlab trainer:      {r['initlab']['seconds_per_model']:.2f} s per model "
+        f"({r['initlab']['models']} models in {r['initlab']['seconds']:.1f} s)",
+        f"    speed-up (a)/(b):     {r['speedup']:.1f}x   (target >= 12x)",
+        f"(c) float32 GEMM:         {r['gemm_gflops']['best']:.0f} GFLOP/s",
+        f"    (b) achieves:         {r['initlab_gflops']:.0f} GFLOP/s = "
+        f"{100 * r['initlab_gemm_fraction']:.0f}% of (c)   (target >= 60%; 6N FLOPs per sample; "
+        f"{100 * r['initlab_gemm_fraction_executed']:.0f}% counting only the FLOPs executed)",
+    ]
+    if "pipeline" in r:
+        p = r["pipeline"]
+        lines += [
+            f"full dvc repro from clean: {p['full_repro_seconds']:.0f} s   (target <= 300 s)",
+            f"no-op dvc repro:           {p['noop_repro_seconds']:.1f} s   (target <= 5 s)",
+            f"MLflow logging:            {p['mlflow_seconds']:.1f} s = "
+            f"{100 * p['mlflow_share_of_training']:.1f}% of {p['train_seconds']:.0f} s training"
+            "   (target <= 10%)",
+        ]
+    return lines

@@ -1,0 +1,30 @@
+"""The benchmark's arithmetic and its printed summary (the timed run itself is `initlab bench`)."""
+
+from __future__ import annotations
+
+from initlab import bench
+
+
+def test_executed_flops_skip_only_the_input_gradient():
+    sizes = [784, 256, 128, 10]
+    macs = 784 * 256 + 256 * 128 + 128 * 10
+    nominal = 6 * macs  # forward 2, backward 4 per multiply-add
+    assert bench.executed_flops_per_sample(sizes) == nominal - 2 * 784 * 256
+
+
+def test_gemm_rate_is_positive_and_finite():
+    g = bench.gemm_gflops(n=128, seconds=0.05)
+    assert 0 < g < 1e5
+
+
+def test_summary_prints_each_target_with_its_ratio():
+    r = {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
+         "seed_loop": {"seconds": 15.0}, "initlab": {"seconds_per_model": 1.0, "models": 14,
+                                                    "seconds": 14.0},
+         "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
+         "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
+         "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, "mlflow_seconds": 9.0,
+                      "mlflow_share_of_training": 0.05, "train_seconds": 180.0}}  # fmt: skip
+    text = "\n".join(bench.summary_lines(r))
+    for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s"):
+        assert part in text
