@@ -1,6 +1,10 @@
-"""The CLI: --help explains, bad params are one line with exit code 2 and write nothing."""
+"""The CLI: --help explains, bad params are one line with exit code 2 and change nothing."""
 
 from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
@@ -70,16 +74,74 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
     assert key.split(".")[0] in text
 
 
+def store_rows(db: Path) -> dict[str, list]:
+    """Every row of every table of an MLflow SQLite store, opened read-only."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    finally:
+        con.close()
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (the MLflow database aside) with its content."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != "mlflow.db"}  # fmt: skip
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The keys (tables, files) added, removed or changed."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+@pytest.fixture(scope="module")
+def project_with_store(tmp_path_factory):
+    """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
+    root = tmp_path_factory.mktemp("with_store")
+    p = with_change("train.line", {**REPO_PARAMS["train"]["line"], "inits": ["default"],
+                                   "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
+    p["tracking"]["log_models"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for stage in ("download", "prepare", "normalize", "train", "evaluate"):
+            result = runner.invoke(app, [stage, "line"])
+            assert result.exit_code == 0, result.output
+    con = sqlite3.connect(root / "mlflow.db")
+    runs = con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
+    n_metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    con.close()
+    assert runs == [("FINISHED", 3)] and n_metrics > 3 * 10  # the grid's one run, 2 reproductions
+    return root
+
+
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypatch, key, value,
                                                               message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
-    for stage in (["download", "line"], ["train", "line"], ["report"]):
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
         result = runner.invoke(app, stage)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no pipeline/, no mlflow.db
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_params_leave_the_store_and_the_outputs_as_they_were(project_with_store, tmp_path,
+                                                                  monkeypatch, key, value, message):
+    shutil.copytree(project_with_store, tmp_path, dirs_exist_ok=True)  # mlflow.db is MLFLOW_TRACKING_URI
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
+    rows, files = store_rows(tmp_path / "mlflow.db"), folder_bytes(tmp_path)
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
+        result = runner.invoke(app, stage)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1
+    assert changes(rows, store_rows(tmp_path / "mlflow.db")) == []  # runs, statuses, metrics...
+    assert changes(files, folder_bytes(tmp_path)) == []  # outputs byte for byte; no new file
 
 
 def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
@@ -94,3 +156,4 @@ def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
 def test_unknown_study_is_refused():
     result = runner.invoke(app, ["download", "mnist"])
     assert result.exit_code == 2 and "mnist" in result.output
+
