@@ -6,12 +6,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from initlab.cli import app
 from initlab.config import ParamsError, load_params
+from initlab.io import read_npz
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
@@ -157,3 +159,35 @@ def test_unknown_study_is_refused():
     result = runner.invoke(app, ["download", "mnist"])
     assert result.exit_code == 2 and "mnist" in result.output
 
+
+@pytest.mark.parametrize("where", ["min", "max", "above"])
+def test_heart_rate_threshold_outside_the_data_is_a_params_error(small_root, tmp_path, monkeypatch,
+                                                                  where):
+    shutil.copytree(small_root.pipeline, tmp_path / "pipeline")
+    monkeypatch.chdir(tmp_path)
+    x = read_npz(small_root.prepared("heart_rate"))["x_train"]
+    lo, hi = float(x.min()), float(x.max())
+    bpm = {"min": lo, "max": hi, "above": 500.0}[where]
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+    files = folder_bytes(tmp_path)
+    result = runner.invoke(app, ["prepare", "heart_rate"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("initlab: error: params.yaml: prepare.heart_rate.threshold_bpm = ")
+    assert f"= {bpm:g} " in result.output
+    assert f"allowed: between the training split's min {lo:.2f} and max {hi:.2f} bpm" in result.output
+    assert folder_bytes(tmp_path) == files  # the earlier split is still there, unchanged
+
+
+def test_heart_rate_threshold_inside_the_data_labels_with_it(small_root, tmp_path, monkeypatch):
+    shutil.copytree(small_root.raw("heart_rate"), tmp_path / "pipeline" / "raw" / "heart_rate")
+    monkeypatch.chdir(tmp_path)
+    x = read_npz(small_root.prepared("heart_rate"))["x_train"][:, 0]
+    bpm = float(np.unique(x)[1])  # the lowest threshold with a beat on each side
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+    result = runner.invoke(app, ["prepare", "heart_rate"])
+    assert result.exit_code == 0, result.output
+    d = read_npz(tmp_path / "pipeline" / "prepared" / "heart_rate.npz")
+    assert np.array_equal(d["y_train"], d["x_train"][:, 0] > bpm) and d["y_train"].sum() < len(x) - 1

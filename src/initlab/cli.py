@@ -82,7 +82,11 @@ def prepare(study: Study, params: Path = ParamsOpt) -> None:
     from initlab.data import prepare as run
 
     t0 = time.perf_counter()
-    s = run(study.value, load_params(params).prepare, Paths())
+    p = load_params(params)
+    try:
+        s = run(study.value, p.prepare, Paths())
+    except ParamsError as exc:  # a value that does not fit the data (heart-rate threshold)
+        raise ParamsError(f"{params}: {exc}") from None
     _done(f"prepare {study.value}: {s['sizes']}", t0)
 
 
