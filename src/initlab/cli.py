@@ -42,12 +42,13 @@ def stage(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from initlab.data import DataError
+        from initlab.store import StoreError
 
         try:
             return fn(*args, **kwargs)
         except ParamsError as exc:
             _fail(str(exc), 2)
-        except DataError as exc:
+        except (DataError, StoreError) as exc:
             _fail(str(exc), 1)
         except KeyboardInterrupt:
             typer.echo("initlab: interrupted; no output was written", err=True)
