@@ -31,4 +31,4 @@ ui: setup               ## the MLflow UI on http://127.0.0.1:5000, local only
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf pipeline mlflow.db mlruns
+	rm -rf pipeline mlflow.db mlflow.db-* mlruns

@@ -1,13 +1,19 @@
-"""The CLI: --help explains, bad params are one line with exit code 2 and write nothing."""
+"""The CLI: --help explains, bad params are one line with exit code 2 and change nothing."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from initlab.cli import app
 from initlab.config import ParamsError, load_params
+from initlab.io import read_npz
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
@@ -70,16 +76,74 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
     assert key.split(".")[0] in text
 
 
+def store_rows(db: Path) -> dict[str, list]:
+    """Every row of every table of an MLflow SQLite store, opened read-only."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    finally:
+        con.close()
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (the MLflow database aside) with its content."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != "mlflow.db"}  # fmt: skip
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The keys (tables, files) added, removed or changed."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+@pytest.fixture(scope="module")
+def project_with_store(tmp_path_factory):
+    """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
+    root = tmp_path_factory.mktemp("with_store")
+    p = with_change("train.line", {**REPO_PARAMS["train"]["line"], "inits": ["default"],
+                                   "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
+    p["tracking"]["log_models"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for stage in ("download", "prepare", "normalize", "train", "evaluate"):
+            result = runner.invoke(app, [stage, "line"])
+            assert result.exit_code == 0, result.output
+    con = sqlite3.connect(root / "mlflow.db")
+    runs = con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
+    n_metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    con.close()
+    assert runs == [("FINISHED", 3)] and n_metrics > 3 * 10  # the grid's one run, 2 reproductions
+    return root
+
+
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypatch, key, value,
                                                               message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
-    for stage in (["download", "line"], ["train", "line"], ["report"]):
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
         result = runner.invoke(app, stage)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no pipeline/, no mlflow.db
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_params_leave_the_store_and_the_outputs_as_they_were(project_with_store, tmp_path,
+                                                                  monkeypatch, key, value, message):
+    shutil.copytree(project_with_store, tmp_path, dirs_exist_ok=True)  # mlflow.db is MLFLOW_TRACKING_URI
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
+    rows, files = store_rows(tmp_path / "mlflow.db"), folder_bytes(tmp_path)
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
+        result = runner.invoke(app, stage)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1
+    assert changes(rows, store_rows(tmp_path / "mlflow.db")) == []  # runs, statuses, metrics...
+    assert changes(files, folder_bytes(tmp_path)) == []  # outputs byte for byte; no new file
 
 
 def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
@@ -94,3 +158,36 @@ def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
 def test_unknown_study_is_refused():
     result = runner.invoke(app, ["download", "mnist"])
     assert result.exit_code == 2 and "mnist" in result.output
+
+
+@pytest.mark.parametrize("where", ["min", "max", "above"])
+def test_heart_rate_threshold_outside_the_data_is_a_params_error(small_root, tmp_path, monkeypatch,
+                                                                  where):
+    shutil.copytree(small_root.pipeline, tmp_path / "pipeline")
+    monkeypatch.chdir(tmp_path)
+    x = read_npz(small_root.prepared("heart_rate"))["x_train"]
+    lo, hi = float(x.min()), float(x.max())
+    bpm = {"min": lo, "max": hi, "above": 500.0}[where]
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+    files = folder_bytes(tmp_path)
+    result = runner.invoke(app, ["prepare", "heart_rate"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("initlab: error: params.yaml: prepare.heart_rate.threshold_bpm = ")
+    assert f"= {bpm:g} " in result.output
+    assert f"allowed: between the training split's min {lo:.2f} and max {hi:.2f} bpm" in result.output
+    assert folder_bytes(tmp_path) == files  # the earlier split is still there, unchanged
+
+
+def test_heart_rate_threshold_inside_the_data_labels_with_it(small_root, tmp_path, monkeypatch):
+    shutil.copytree(small_root.raw("heart_rate"), tmp_path / "pipeline" / "raw" / "heart_rate")
+    monkeypatch.chdir(tmp_path)
+    x = read_npz(small_root.prepared("heart_rate"))["x_train"][:, 0]
+    bpm = float(np.unique(x)[1])  # the lowest threshold with a beat on each side
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+    result = runner.invoke(app, ["prepare", "heart_rate"])
+    assert result.exit_code == 0, result.output
+    d = read_npz(tmp_path / "pipeline" / "prepared" / "heart_rate.npz")
+    assert np.array_equal(d["y_train"], d["x_train"][:, 0] > bpm) and d["y_train"].sum() < len(x) - 1

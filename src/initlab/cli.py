@@ -42,12 +42,13 @@ def stage(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from initlab.data import DataError
+        from initlab.store import StoreError
 
         try:
             return fn(*args, **kwargs)
         except ParamsError as exc:
             _fail(str(exc), 2)
-        except DataError as exc:
+        except (DataError, StoreError) as exc:
             _fail(str(exc), 1)
         except KeyboardInterrupt:
             typer.echo("initlab: interrupted; no output was written", err=True)
@@ -82,7 +83,11 @@ def prepare(study: Study, params: Path = ParamsOpt) -> None:
     from initlab.data import prepare as run
 
     t0 = time.perf_counter()
-    s = run(study.value, load_params(params).prepare, Paths())
+    p = load_params(params)
+    try:
+        s = run(study.value, p.prepare, Paths())
+    except ParamsError as exc:  # a value that does not fit the data (heart-rate threshold)
+        raise ParamsError(f"{params}: {exc}") from None
     _done(f"prepare {study.value}: {s['sizes']}", t0)
 
 
@@ -138,16 +143,17 @@ def train(
 def evaluate(study: Study) -> None:
     """Test every trained model of a study on its held-out test split; write DVC metrics."""
     from initlab.evaluate import evaluate_study, write_evaluation
-    from initlab.tracking import log_test_metrics
+    from initlab.tracking import client, log_test_metrics
 
     t0 = time.perf_counter()
     paths = Paths()
     df = evaluate_study(study.value, paths)
     missing = 0
     t1 = time.perf_counter()
+    cl = client()
     for row in df.itertuples(index=False):
         test = {k: getattr(row, k) for k in df.columns if k.startswith("test_")}
-        missing += not log_test_metrics(row.mlflow_run_id, test)
+        missing += not log_test_metrics(row.mlflow_run_id, test, cl)
     mlflow_seconds = time.perf_counter() - t1
     if missing:
         typer.echo(f"warning: {missing} MLflow runs not found; test metrics only in "

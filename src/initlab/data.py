@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import DataParams, Paths, PrepareParams, data_mirror
+from initlab.config import DataParams, ParamsError, Paths, PrepareParams, data_mirror
 from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
 
 # SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
@@ -210,9 +210,11 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
         threshold = float(np.median(bpm[i_train])) if h.threshold_bpm is None else h.threshold_bpm
         lo, hi = float(bpm[i_train].min()), float(bpm[i_train].max())
         if not lo < threshold < hi:
-            raise DataError(
+            # A threshold given in params.yaml is a params error (exit 2); the median is the data's.
+            error = DataError if h.threshold_bpm is None else ParamsError
+            raise error(
                 f"prepare.heart_rate.threshold_bpm = {threshold:g} leaves one class empty; "
-                f"allowed: between the training split's min {lo:.1f} and max {hi:.1f} bpm, "
+                f"allowed: between the training split's min {lo:.2f} and max {hi:.2f} bpm, "
                 "or null for its median"
             )
         label = (bpm > threshold).astype(np.int64)

@@ -2,7 +2,9 @@
 
 The store is ``sqlite:///mlflow.db`` in the project root unless ``MLFLOW_TRACKING_URI`` names
 another. Runs are opened with a context that ends them FAILED on any error and KILLED on Ctrl-C or
-SIGTERM, so no run is ever left RUNNING.
+SIGTERM, so no run is ever left RUNNING. Two pipelines may log to one SQLite store at once:
+``initlab.store`` creates a new store in one process and holds signals during a run's creation
+and end; WAL mode and a busy timeout let their writes wait for each other.
 
 A run costs four store calls: ``create_run`` (with its tags), one ``log_batch`` (params, curves
 strided to ``tracking.max_points_per_metric`` points, final metrics), ``log_artifacts`` (the
@@ -20,6 +22,8 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+
+from initlab.store import deferred_signals, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
@@ -63,11 +67,10 @@ def _sqlite_wal() -> None:
 
 def client():
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     _sqlite_wal()
     mlflow.set_tracking_uri(tracking_uri())
-    return MlflowClient(tracking_uri())
+    return open_client(tracking_uri())
 
 
 def git_commit() -> str:
@@ -82,13 +85,14 @@ def git_commit() -> str:
 
 def experiment_id(cl, study: str) -> str:
     name = f"initlab-{study}"
-    exp = cl.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return cl.create_experiment(name)
-    except Exception:  # another pipeline created it between our two calls
-        return cl.get_experiment_by_name(name).experiment_id
+    with store_lock(tracking_uri()):  # no other initlab process creates it between our two calls
+        exp = cl.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return cl.create_experiment(name)
+        except Exception:  # created by a process that does not take the lock
+            return cl.get_experiment_by_name(name).experiment_id
 
 
 class Terminated(KeyboardInterrupt):
@@ -107,18 +111,45 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def end_run(cl, run_id: str, status: str) -> None:
+    """Set the run's final status; a signal arriving meanwhile is delivered once it is written."""
+    import mlflow
+
+    with deferred_signals():
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            # Left open in the fluent API (a signal between start_run and its `with`): end it
+            # there too, or MLflow's exit hook would later mark it FINISHED.
+            mlflow.end_run(status)
+        cl.set_terminated(run_id, status)
+
+
 @contextlib.contextmanager
 def run_guard(cl, run_id: str) -> Iterator[None]:
     """End ``run_id`` FINISHED on success, KILLED on interruption, FAILED on any other error."""
     try:
         yield
     except KeyboardInterrupt:
-        cl.set_terminated(run_id, "KILLED")
+        end_run(cl, run_id, "KILLED")
         raise
     except BaseException:
-        cl.set_terminated(run_id, "FAILED")
+        end_run(cl, run_id, "FAILED")
         raise
-    cl.set_terminated(run_id, "FINISHED")
+    end_run(cl, run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def new_run(cl, experiment: str, **kwargs) -> Iterator[str]:
+    """``cl.create_run(experiment, **kwargs)`` inside ``run_guard``; yields the run id.
+
+    Signals are held from the run's creation until the guard is in place, so no interruption
+    leaves a run that nobody ends.
+    """
+    with contextlib.ExitStack() as stack:
+        with deferred_signals():
+            run_id = cl.create_run(experiment, **kwargs).info.run_id
+            stack.enter_context(run_guard(cl, run_id))
+        yield run_id  # a signal held above was raised as its `with` ended: inside the guard
 
 
 def series(key: str, values: np.ndarray, steps: np.ndarray, max_points: int):
@@ -208,9 +239,7 @@ def log_results(params, study: str, results: list, progress: bool | None = None)
                 "seed": str(v.seed), "lr": f"{v.lr:g}", "variant": v.name,
                 "reproduce": str(v.reproduce).lower(), "git_commit": commit,
                 "diverged": str(bool(r.final["diverged"])).lower()}  # fmt: skip
-        run = cl.create_run(exp, run_name=v.run_name, tags=tags)
-        rid = run.info.run_id
-        with run_guard(cl, rid):
+        with new_run(cl, exp, run_name=v.run_name, tags=tags) as rid:
             p = {**common, "init": v.init, "loss": v.loss, "normalize": v.normalize,
                  "lr": f"{v.lr:g}", "seed": str(v.seed), "reproduce": str(v.reproduce),
                  **_flat_params("init_spec", params.inits[v.init].model_dump()),
@@ -232,7 +261,7 @@ def log_results(params, study: str, results: list, progress: bool | None = None)
     return run_ids
 
 
-def log_test_metrics(run_id: str, metrics: dict[str, float]) -> bool:
+def log_test_metrics(run_id: str, metrics: dict[str, float], cl=None) -> bool:
     """Add the evaluate stage's test metrics to the training run; False if the run is gone."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
@@ -240,7 +269,7 @@ def log_test_metrics(run_id: str, metrics: dict[str, float]) -> bool:
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)]
     try:
-        log_metrics(client(), run_id, batch)
+        log_metrics(cl or client(), run_id, batch)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False

@@ -1,0 +1,230 @@
+"""Real processes: `initlab train` stopped by a signal, and two pipelines on one new SQLite store.
+
+Each test runs `python -m initlab` in a temporary project whose data stages are done (copied from
+``small_root``), so these are slow tests: run them with ``pytest -m slow tests/test_processes.py``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import MIRROR, REPO
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 300  # seconds for any one process; far above what they need
+
+
+def tiny_params(study: str, **train) -> dict:
+    """The repository's params with one study cut down (one init, loss, lr and seed)."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    st = p["train"][study]
+    st.update(inits=st["inits"][:1], losses=st["losses"][-1:], lr=st["lr"][:1], seeds=[0],
+              reproduce=None, **train)  # fmt: skip
+    return p
+
+
+def make_project(root: Path, small_root, params: dict) -> tuple[Path, dict]:
+    """A project in ``root`` with every study's data stages done, and the env to run it."""
+    shutil.copytree(small_root.pipeline, root / "pipeline")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "INITLAB_DATA_MIRROR": str(MIRROR), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    return root, env
+
+
+def initlab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "initlab", *args]
+
+
+def default_sigint() -> None:
+    # A shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def runs(db: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in the store; [] while it or its tables do not exist yet."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute("SELECT run_uuid, status FROM runs").fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # no file yet, no table yet
+        return []
+
+
+def schema_version(db: Path) -> str | None:
+    """The store's alembic revision; None while its migrations have not begun."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        finally:
+            con.close()
+    except (sqlite3.OperationalError, TypeError):  # no file, no table, no row yet
+        return None
+
+
+def metric_keys(db: Path) -> dict[str, set[str]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        out: dict[str, set[str]] = {}
+        for rid, key in con.execute("SELECT DISTINCT run_uuid, key FROM metrics"):
+            out.setdefault(rid, set()).add(key)
+        return out
+    finally:
+        con.close()
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+class Terminal:
+    """A process whose stderr is a terminal, so that tqdm shows its progress there."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm needs a width
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=slave, preexec_fn=default_sigint)  # fmt: skip
+        os.close(slave)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, args=(master,), daemon=True)
+        self.reader.start()
+
+    def _read(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 4096):
+                self.chunks.append(chunk)
+        except OSError:  # EIO: the process closed the terminal
+            pass
+        finally:
+            os.close(fd)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def wait_for(self, ready, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not ready():
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {what}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {what} after {TIMEOUT} s:\n{self.stderr}"
+            time.sleep(0.02)
+
+    def finish(self) -> int:
+        self.proc.stdout.read()
+        code = self.proc.wait(timeout=TIMEOUT)
+        self.reader.join(timeout=10)
+        return code
+
+
+def messages(stderr: str) -> list[str]:
+    """stderr without progress bars and MLflow's INFO log lines: what the user is told."""
+    lines = (s.strip() for s in re.split(r"[\r\n]+", stderr))
+    return [s for s in lines if s and not re.match(r"(train|mlflow) \w+:|\d{4}/\d\d/\d\d .* INFO ", s)]
+
+
+# --------------------------------------------------------------------------- interruption
+
+# heart_rate, 3 models (none / zscore / batchnorm): ~1-4 s of training, then MLflow logs each run
+# with its model (a second or more each), so there is time to land a signal in either phase.
+INTERRUPT_PARAMS = tiny_params("heart_rate", epochs=40)
+
+
+@pytest.mark.parametrize(("signame", "phase"), [
+    ("SIGTERM", "training"), ("SIGINT", "training"),  # no MLflow run exists yet
+    ("SIGTERM", "store"),  # MLflow is migrating the new store: the signal waits until it is whole
+    ("SIGTERM", "logging"), ("SIGINT", "logging"),  # a run is RUNNING
+])  # fmt: skip
+def test_a_signal_stops_train_cleanly_and_the_rerun_completes(small_root, tmp_path, signame, phase):
+    root, env = make_project(tmp_path, small_root, INTERRUPT_PARAMS)
+    db, before = root / "mlflow.db", files(root / "pipeline")
+    t = Terminal(initlab("train", "heart_rate"), root, env)
+    if phase == "training":
+        t.wait_for(lambda: "train heart_rate" in t.stderr, "training progress")
+    elif phase == "store":
+        t.wait_for(lambda: schema_version(db), "MLflow's schema migrations")
+    else:
+        t.wait_for(lambda: runs(db), "an MLflow run")
+    t.proc.send_signal(getattr(signal, signame))
+    code = t.finish()
+
+    assert code == 130, t.stderr
+    assert messages(t.stderr) == ["initlab: interrupted; no output was written"], t.stderr
+    statuses = [s for _, s in runs(db)]
+    assert "RUNNING" not in statuses
+    if phase == "training":
+        assert statuses == []  # the signal came before any logging
+    if phase == "logging":
+        assert "KILLED" in statuses and set(statuses) <= {"KILLED", "FINISHED"}
+    if phase == "store":  # migrated to the end, not left half-way for every later run to trip on
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        assert schema_version(db) == _get_latest_schema_revision()
+    assert not (root / "pipeline" / "train").exists()
+    assert files(root / "pipeline") == before  # nothing written, no temporary left behind
+
+    again = subprocess.run(initlab("train", "heart_rate"), cwd=root, env=env, capture_output=True,
+                           text=True, timeout=TIMEOUT)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    table = pd.read_csv(root / "pipeline" / "train" / "heart_rate" / "runs.csv")
+    assert len(table) == 3 and len(list((root / "pipeline" / "train" / "heart_rate" / "weights").iterdir())) == 3
+    status = dict(runs(db))
+    assert all(status[rid] == "FINISHED" for rid in table["mlflow_run_id"])
+    assert "RUNNING" not in status.values()
+    leftovers = [p for p in (root / "pipeline").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_two_pipelines_at_once_on_one_new_sqlite_store(small_root, tmp_path):
+    """`train line` and `train circles` from two projects, one MLflow store that does not exist yet.
+
+    Both processes find an empty store and, unguarded, both run MLflow's schema migrations: one
+    fails ("table ... already exists", "duplicate column name", "Online migration expected ...").
+    """
+    db = tmp_path / "shared" / "mlflow.db"
+    procs = {}
+    for study in ("line", "circles"):
+        p = tiny_params(study, epochs=5)
+        p["train"][study]["seeds"] = [0, 1]
+        root, env = make_project(tmp_path / study, small_root, p)
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+        procs[study] = (root, subprocess.Popen(initlab("train", study), cwd=root, env=env, text=True,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    outs = {study: (root, *proc.communicate(timeout=TIMEOUT), proc.returncode)
+            for study, (root, proc) in procs.items()}  # fmt: skip
+    for study, (_, _, err, code) in outs.items():
+        assert code == 0, f"{study}:\n{err}"
+        assert "locked" not in err and "Traceback" not in err, f"{study}:\n{err}"
+    status, keys = dict(runs(db)), metric_keys(db)
+    tables = {study: pd.read_csv(root / "pipeline" / "train" / study / "runs.csv")
+              for study, (root, *_) in outs.items()}  # fmt: skip
+    assert len(tables["line"]) == 2 and len(tables["circles"]) == 4  # seeds x normalisations
+    assert len(status) == 6 and set(status.values()) == {"FINISHED"}
+    for table in tables.values():
+        for rid in table["mlflow_run_id"]:
+            assert status[rid] == "FINISHED"
+            assert {"train_loss", "val_accuracy", "val_loss", "train_loss_step"} <= keys[rid]
