@@ -8,7 +8,7 @@ import torch
 
 from initlab.config import Variant
 from initlab.optim import StackedAdam, StackedSGD
-from initlab.train import load_study_data, train_group, train_study
+from initlab.train import group_data, load_study_data, train_group, train_study
 
 
 def narrowed(params, study, **update):
@@ -60,17 +60,18 @@ def test_seed_000_code_as_written_agrees():
 
 def test_stacked_models_equal_models_trained_alone(params, small_root):
     """Three models trained together give what each gives alone (shuffled minibatches, Adam,
-    dropout; different inits, learning rates and losses, so different heads)."""
+    dropout; different inits, learning rates, losses (so heads) and input normalisations)."""
     st = params.train.circles.model_copy(update={
         "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
             update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
-    group = [Variant("circles", i, loss, "zscore", lr, 3) for i, lr, loss in (
-        ("default", 0.1, "bce_logits"), ("xavier_normal", 0.01, "bce"),
-        ("kaiming_uniform_in", 0.05, "bce_logits"))]  # fmt: skip
-    data = load_study_data("circles", "zscore", small_root, "cpu", False)
-    together = train_group(st, group, params.inits, data, 2)
+    group = [Variant("circles", i, loss, norm, lr, 3) for i, lr, loss, norm in (
+        ("default", 0.1, "bce_logits", "zscore"), ("xavier_normal", 0.01, "bce", "none"),
+        ("kaiming_uniform_in", 0.05, "bce_logits", "zscore"))]  # fmt: skip
+    by_norm = {n: load_study_data("circles", n, small_root, "cpu", False) for n in ("none", "zscore")}
+    together = train_group(st, group, params.inits, group_data(group, by_norm), 2)
+    assert group_data(group, by_norm)["x_train"].dim() == 3  # one input per model
     for v, r in zip(group, together):
-        alone = train_group(st, [v], params.inits, data, 2)[0]
+        alone = train_group(st, [v], params.inits, by_norm[v.normalize], 2)[0]
         np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
         for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -169,10 +169,10 @@ def train_group(
     """Train the models of one group together; return one ``Result`` per variant, in order."""
     v0 = group[0]
     x, y = data["x_train"], data["y_train"]
-    n = len(x)
+    n = x.shape[-2]  # x: (n, in) shared by every model, or (M, n, in), one input per model
     M = len(group)
     # The stack gives logits; each model's head (by its loss) is applied in GroupLoss.
-    arch = {**architecture(st, x.shape[1], n_classes, v0.loss, v0.normalize), "head": "none"}
+    arch = {**architecture(st, x.shape[-1], n_classes, v0.loss, v0.normalize), "head": "none"}
     model = StackedMLP(M, **arch).to(device)
     group_loss = GroupLoss([v.loss for v in group], n_classes, device)
     # Each model draws its initial weights, then its dropout masks, from its own stream.
@@ -197,10 +197,10 @@ def train_group(
         order = torch.randperm(n, generator=order_gen) if st.shuffle and bs < n else None
         for start in range(0, n, bs):
             if order is None:
-                xb, tb = x[start : start + bs], [t[start : start + bs] for t in y_all]
+                xb, tb = x[..., start : start + bs, :], [t[start : start + bs] for t in y_all]
             else:
                 idx = order[start : start + bs].to(device)
-                xb, tb = x[idx], [t[idx] for t in y_all]
+                xb, tb = x[..., idx, :], [t[idx] for t in y_all]
             losses = group_loss(model(xb, gens), tb)
             opt.zero_grad()
             losses.sum().backward()
@@ -243,7 +243,7 @@ def train_group(
             "val_loss": float("nan") if diverged else float(val_loss[epoch, m]),
             "val_accuracy": float("nan") if diverged else float(val_acc[epoch, m]),
         }
-        arch_m = architecture(st, x.shape[1], n_classes, v.loss, v.normalize)
+        arch_m = architecture(st, x.shape[-1], n_classes, v.loss, v.normalize)
         results.append(
             Result(v, model.to_module(m, arch_m["head"]), arch_m, sl, val_loss[:, m].numpy(),
                    val_acc[:, m].numpy(), final)  # fmt: skip
@@ -251,12 +251,33 @@ def train_group(
     return results
 
 
-def group_key(v: Variant, st: StudyTrain, n_train: int) -> tuple:
-    """Models train together when they read the same batches: same inputs (normalisation) and
-    the same order (the seed, when shuffled). Loss, initialiser, learning rate and seed may
-    differ inside a group."""
+STACKED_INPUT_BYTES = 64 << 20
+
+
+def group_key(v: Variant, st: StudyTrain, n_train: int, input_bytes: int = 0) -> tuple:
+    """Models train together when they read the same batches in the same order (the seed, when
+    shuffled). Loss, initialiser, learning rate and seed may differ inside a group. Inputs
+    normalised differently (none, z-score) share a group when a copy of the training inputs per
+    model is small (``input_bytes`` for the whole study, below 64 MiB: heart rate, circles);
+    the first layer then multiplies each model's own input. BatchNorm models keep their own."""
     shuffled = st.shuffle and (st.batch_size or n_train) < n_train
-    return (v.reproduce, v.normalize, v.seed if shuffled else None)
+    norm = v.normalize
+    if norm != "batchnorm" and input_bytes <= STACKED_INPUT_BYTES:
+        norm = "shared"
+    return (v.reproduce, norm, v.seed if shuffled else None)
+
+
+def group_data(group: list[Variant], by_norm: dict[str, dict]) -> dict[str, Tensor]:
+    """The group's inputs: one ``(n, in)`` tensor when every model reads the same, else
+    ``(M, n, in)`` with model m's own normalisation."""
+    norms = ["none" if v.normalize == "batchnorm" else v.normalize for v in group]
+    if len(set(norms)) == 1:
+        return by_norm[norms[0]]
+    first = by_norm[norms[0]]
+    out = dict(first)
+    for key in ("x_train", "x_val"):
+        out[key] = torch.stack([by_norm[nm][key] for nm in norms])
+    return out
 
 
 def load_study_data(study: str, normalize: str, paths: Paths, device: str, all_data: bool):
@@ -283,28 +304,33 @@ def train_study(
     n_classes = summary["n_classes"]
     n_train = summary["sizes"]["train"]
     vs = variants(params, study)
+    cache: dict[tuple, dict] = {("none", False): load_study_data(study, "none", paths, device, False)}
+    input_bytes = 4 * cache["none", False]["x_train"].numel() * len(vs)
     groups: dict[tuple, list[Variant]] = defaultdict(list)
     for v in sorted(vs, key=lambda v: v.lr):  # equal learning rates adjacent: one optimiser block
-        groups[group_key(v, st, n_train)].append(v)
+        groups[group_key(v, st, n_train, input_bytes)].append(v)
     keep_freed_memory()
     total = sum(len(g) * st.epochs for g in groups.values())  # model-epochs
     results: dict[Variant, Result] = {}
-    cache: dict[tuple, dict] = {}
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
     with tqdm(total=total, desc=f"train {study}", unit="model-epoch", disable=disable) as bar:
         for group in groups.values():
             v0 = group[0]
             all_data = v0.reproduce and bool(st.reproduce and st.reproduce.all_data)
-            dkey = ("none" if v0.normalize == "batchnorm" else v0.normalize, all_data)
-            if dkey not in cache:
-                cache[dkey] = load_study_data(study, dkey[0], paths, device, all_data)
+            by_norm = {}
+            for v in group:
+                dkey = ("none" if v.normalize == "batchnorm" else v.normalize, all_data)
+                if dkey not in cache:
+                    cache[dkey] = load_study_data(study, dkey[0], paths, device, all_data)
+                by_norm[dkey[0]] = cache[dkey]
+            data = group_data(group, by_norm)
             t0 = time.perf_counter()
-            n_in = cache[dkey]["x_train"].shape[1]
+            n_in = data["x_train"].shape[-1]
             sizes = architecture(st, n_in, n_classes, v0.loss, v0.normalize)["sizes"]
             n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
             flops = 6 * n_params * min(st.batch_size or n_train, n_train) * len(group)
             with threads_for(flops if device == "cpu" else float("inf")):
-                out = train_group(st, group, params.inits, cache[dkey], n_classes, device, bar)
+                out = train_group(st, group, params.inits, data, n_classes, device, bar)
             seconds = (time.perf_counter() - t0) / len(group)
             for r in out:
                 r.final["train_seconds"] = seconds
