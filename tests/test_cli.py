@@ -191,3 +191,12 @@ def test_heart_rate_threshold_inside_the_data_labels_with_it(small_root, tmp_pat
     assert result.exit_code == 0, result.output
     d = read_npz(tmp_path / "pipeline" / "prepared" / "heart_rate.npz")
     assert np.array_equal(d["y_train"], d["x_train"][:, 0] > bpm) and d["y_train"].sum() < len(x) - 1
+
+
+def test_bench_refuses_an_unknown_device_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = __file__.rsplit("/", 2)[0] + "/params.yaml"
+    result = runner.invoke(app, ["bench", "--params", params, "--device", "tpu", "--no-pipeline"])
+    assert result.exit_code == 2
+    assert "--device 'tpu'; allowed: cpu, cuda, cuda:N" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -102,6 +102,16 @@ def normalize(study: Study) -> None:
     _done(f"normalize {study.value}: statistics of {s['n_fit']} training rows", t0)
 
 
+def _check_device(dev: str) -> str:
+    import torch
+
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"--device {dev}: no CUDA device here; allowed: cpu")
+    if not (dev == "cpu" or dev.startswith("cuda")):
+        raise ParamsError(f"--device {dev!r}; allowed: cpu, cuda, cuda:N")
+    return dev
+
+
 @app.command()
 @stage
 def train(
@@ -110,18 +120,12 @@ def train(
     device: str = typer.Option(None, help="cpu or cuda; default: train.device in params."),
 ) -> None:
     """Train every variant (init x loss x normalisation x lr x seed) of a study; log each to MLflow."""
-    import torch
-
     from initlab.io import atomic_path, write_json
     from initlab.tracking import log_results, sigterm_raises, tracking_uri
     from initlab.train import save_results, train_study
 
     p = load_params(params)
-    dev = device or p.train.device
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsError(f"--device {dev}: no CUDA device here; allowed: cpu")
-    if not (dev == "cpu" or dev.startswith("cuda")):
-        raise ParamsError(f"--device {dev!r}; allowed: cpu, cuda, cuda:N")
+    dev = _check_device(device or p.train.device)
     t0 = time.perf_counter()
     with sigterm_raises():
         results = train_study(p, study.value, Paths(), dev)
@@ -197,6 +201,7 @@ def bench(
     from initlab.io import write_json
 
     p = load_params(params)
+    device = _check_device(device)
     paths = Paths()
     for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
         if not need.exists():
