@@ -30,8 +30,7 @@ def lr_blocks(lr: Tensor) -> list[tuple[int, int, float]]:
 class StackedOptimizer:
     def __init__(self, params: list[Tensor], lr: Tensor) -> None:
         self.params = list(params)
-        self.lr = lr  # (M,)
-        self.blocks = lr_blocks(lr)
+        self.blocks = lr_blocks(lr)  # lr: (M,), one per model
 
     def zero_grad(self) -> None:
         for p in self.params:

@@ -1,8 +1,9 @@
 """Training: every variant of a study, grouped so that models reading the same batches train
 together in one ``StackedMLP``; each model's result equals training it alone.
 
-A group is the set of variants with the same normalisation and data order (the seed, when
-batches are shuffled). Inside it models differ by initialiser, loss, learning rate and seed.
+A group is the set of variants that read the same batches in the same order (the seed, when
+batches are shuffled). Inside it models differ by initialiser, loss, learning rate and seed, and
+on small data by input normalisation (``group_key``); BatchNorm models keep their own group.
 """
 
 from __future__ import annotations
