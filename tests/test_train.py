@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
+import initlab.train as train_mod
 from initlab.config import Variant
 from initlab.optim import StackedAdam, StackedSGD
-from initlab.train import group_data, load_study_data, train_group, train_study
+from initlab.train import (
+    Stack,
+    Stopped,
+    group_data,
+    load_study_data,
+    run_stacks,
+    split_group,
+    stacks_for,
+    train_group,
+    train_study,
+)
 
 
 def narrowed(params, study, **update):
@@ -107,3 +121,63 @@ def test_stacked_optimisers_match_torch(cls):
             o.step()
     for m in range(3):
         torch.testing.assert_close(mine.detach()[m], refs[m].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_heavy_groups_split_across_threads_light_ones_stay_whole(params):
+    group = [Variant("fashion_mnist", f"i{k}", "mse", "none", 1e-3, 0) for k in range(28)]
+    assert [len(c) for c in split_group(group, 1.4e8, workers=2)] == [14, 14]
+    assert [len(c) for c in split_group(group, 1.4e8, workers=3)] == [9, 10, 9]
+    assert split_group(group, 1e3, workers=2) == [group]  # light: dispatch-bound, one stack
+    assert split_group(group[:10], 1.4e8, workers=2) == [group[:10]]  # parts under MIN_SPLIT
+    assert split_group(group, 1.4e8, workers=1) == [group]
+
+
+def test_stacks_in_threads_equal_stacks_in_turn(params, small_root, monkeypatch):
+    """Two stacks trained at once in two threads give what each gives trained alone."""
+    st = params.train.circles.model_copy(update={
+        "epochs": 4, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
+            update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
+    group = [Variant("circles", i, loss, "none", lr, 3) for i, lr, loss in (
+        ("default", 0.1, "bce_logits"), ("xavier_normal", 0.01, "bce"),
+        ("kaiming_uniform_in", 0.05, "bce_logits"), ("xavier_uniform", 0.05, "bce"))]  # fmt: skip
+    data = load_study_data("circles", "none", small_root, "cpu", False)
+    monkeypatch.setattr(train_mod, "SMALL_STEP_FLOPS", 0.0)  # treat these tiny stacks as heavy
+    monkeypatch.setattr(train_mod, "MIN_SPLIT", 2)
+    monkeypatch.setattr(train_mod, "SPLIT_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
+    stacks = stacks_for(st, group, data, 2)
+    assert [len(s.group) for s in stacks] == [2, 2]
+    seen_threads = set()
+
+    def fit(s, stop):
+        seen_threads.add(threading.current_thread().name)
+        return train_group(st, s.group, params.inits, s.data, 2, "cpu", None, stop)
+
+    together = [r for out in run_stacks(stacks, fit) for r in out]
+    assert all(name.startswith("initlab-train") for name in seen_threads)
+    assert [r.variant for r in together] == group
+    for v, r in zip(group, together):
+        alone = train_group(st, [v], params.inits, data, 2)[0]
+        np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_stack_stops_the_others(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    stacks = [Stack([], {}, 1e9, 10), Stack([], {}, 1e9, 10)]
+    stopped = threading.Event()
+
+    def fit(s, stop):
+        if s is stacks[0]:
+            time.sleep(0.05)
+            raise ValueError("boom")
+        while not stop.is_set():  # a training loop checks `stop` at every step
+            time.sleep(0.001)
+        stopped.set()
+        raise Stopped
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="boom"):
+        run_stacks(stacks, fit)
+    assert stopped.is_set() and time.perf_counter() - t0 < 5

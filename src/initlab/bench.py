@@ -6,9 +6,9 @@ Three measurements on the same machine, one after the other:
     ``FashionMNIST`` with ``ToTensor``, a ``DataLoader`` of batch 100 over a ``SubsetRandomSampler``,
     ``nn.Linear`` layers, ``torch.optim.Adam(lr=1e-3)``, ``loss.item()`` per batch, two epochs,
     then validation accuracy.
-(b) ``initlab``: ``train_group`` on the same setup (one group of the Fashion-MNIST study: the
-    models that read the same batches, every init with both losses), wall time divided by the
-    number of models.
+(b) ``initlab``: the trainer on the same setup, as ``dvc repro`` runs it: one group of the
+    Fashion-MNIST study (the 28 models that read seed 0's batches, every init with both losses)
+    in its stacks, one per core, wall time divided by the number of models.
 (c) ``gemm``: float32 ``torch.mm`` of two square matrices, the machine's matrix-multiply rate.
 
 FLOPs of a model are counted as the issue counts them: 6 x parameters per sample (forward 2,
@@ -109,9 +109,10 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
 
 
 def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str = "cpu") -> dict:
-    """``train_group`` on one group of the Fashion-MNIST study, as ``dvc repro`` trains it: every
-    model that reads seed ``seed``'s batches (each init x loss); seconds per model."""
-    from initlab.train import load_study_data, train_group
+    """One group of the Fashion-MNIST study trained as ``dvc repro`` trains it (its stacks, in
+    threads on CPU): every model that reads seed ``seed``'s batches (each init x loss); wall
+    seconds per model."""
+    from initlab.train import load_study_data, run_stacks, stacks_for, train_group
 
     st = params.train.fashion_mnist
     group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed),
@@ -122,10 +123,13 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
                           f"the prepared split has {len(data['x_train']):,} "
                           "(prepare.fashion_mnist.train_subset); allowed: null")  # fmt: skip
     t0 = time.perf_counter()
-    results = train_group(st, group, params.inits, data, 10, device)
+    stacks = stacks_for(st, group, data, 10, device)
+    outs = run_stacks(stacks, lambda s, stop: train_group(st, s.group, params.inits, s.data, 10,
+                                                          device, None, stop), device)  # fmt: skip
+    results = [r for out in outs for r in out]
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in results[0].module.parameters())
-    acc = {v.name: r.final["val_accuracy"] for v, r in zip(group, results)}
+    acc = {r.variant.name: r.final["val_accuracy"] for r in results}
     return {"seconds_per_model": seconds / len(group), "models": len(group), "seconds": seconds,
             "samples": len(data["x_train"]) * st.epochs, "n_params": n_params,
             "val_accuracy": acc}  # fmt: skip

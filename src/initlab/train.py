@@ -8,12 +8,12 @@ on small data by input normalisation (``group_key``); BatchNorm models keep thei
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,24 +138,21 @@ def keep_freed_memory() -> None:
         pass
 
 
-SMALL_STEP_FLOPS = 5e7  # below this a step is op dispatch, not arithmetic
+class Stopped(Exception):
+    """A stack's training was stopped because another failed or the process was interrupted."""
 
 
-@contextlib.contextmanager
-def threads_for(flops_per_step: float) -> Iterator[None]:
-    """One intra-op thread for tiny steps, torch's default for the rest.
-
-    A heart-rate step (12 models of 4 hidden units) is ~40 ops of a few hundred elements; with
-    two OpenMP threads each op pays a wake-up and barrier: 0.96 ms per step on one thread
-    against 15-18 ms on two when another process shares the 2 cores.
-    """
-    before = torch.get_num_threads()
-    if flops_per_step < SMALL_STEP_FLOPS:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _validate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048):
+    """``_evaluate`` over row chunks: a 12,000-image split of 14 models is 172 MB of first-layer
+    activations at once, 24 MB per 2,048 rows."""
+    if x.shape[-2] <= rows:
+        return _evaluate(model, x, y, group_loss)
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[..., i : i + rows, :]) for i in range(0, x.shape[-2], rows)], 1)
+        losses, acc = group_loss(out, group_loss.targets(y), y)
+    model.train()
+    return losses, acc
 
 
 def train_group(
@@ -166,8 +163,12 @@ def train_group(
     n_classes: int,
     device: str = "cpu",
     progress: tqdm | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Result]:
-    """Train the models of one group together; return one ``Result`` per variant, in order."""
+    """Train the models of one group together; return one ``Result`` per variant, in order.
+
+    ``stop``, when set by another thread, ends training at the next step with ``Stopped``.
+    """
     v0 = group[0]
     x, y = data["x_train"], data["y_train"]
     n = x.shape[-2]  # x: (n, in) shared by every model, or (M, n, in), one input per model
@@ -197,6 +198,8 @@ def train_group(
     for epoch in range(st.epochs):
         order = torch.randperm(n, generator=order_gen) if st.shuffle and bs < n else None
         for start in range(0, n, bs):
+            if stop is not None and stop.is_set():
+                raise Stopped
             if order is None:
                 xb, tb = x[..., start : start + bs, :], [t[start : start + bs] for t in y_all]
             else:
@@ -215,14 +218,14 @@ def train_group(
             diverged_at[bad] = first[bad]
             alive &= ~bad
         if (epoch + 1) % val_every == 0 or epoch == st.epochs - 1:
-            vl, va = _evaluate(model, data["x_val"], data["y_val"], group_loss)
+            vl, va = _validate(model, data["x_val"], data["y_val"], group_loss)
             val_loss[epoch], val_acc[epoch] = vl.cpu(), va.cpu()
         if progress is not None:
             progress.update(M)
         if not alive.any():
             break
     if st.eval_train:
-        tl, ta = _evaluate(model, x, y, group_loss)
+        tl, ta = _validate(model, x, y, group_loss)
     else:
         tl = ta = torch.full((M,), float("nan"))
     model = model.cpu()
@@ -312,31 +315,139 @@ def train_study(
         groups[group_key(v, st, n_train, input_bytes)].append(v)
     keep_freed_memory()
     total = sum(len(g) * st.epochs for g in groups.values())  # model-epochs
+    stacks = []
+    for group in groups.values():
+        v0 = group[0]
+        all_data = v0.reproduce and bool(st.reproduce and st.reproduce.all_data)
+        by_norm = {}
+        for v in group:
+            dkey = ("none" if v.normalize == "batchnorm" else v.normalize, all_data)
+            if dkey not in cache:
+                cache[dkey] = load_study_data(study, dkey[0], paths, device, all_data)
+            by_norm[dkey[0]] = cache[dkey]
+        stacks += stacks_for(st, group, group_data(group, by_norm), n_classes, device)
     results: dict[Variant, Result] = {}
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
     with tqdm(total=total, desc=f"train {study}", unit="model-epoch", disable=disable) as bar:
-        for group in groups.values():
-            v0 = group[0]
-            all_data = v0.reproduce and bool(st.reproduce and st.reproduce.all_data)
-            by_norm = {}
-            for v in group:
-                dkey = ("none" if v.normalize == "batchnorm" else v.normalize, all_data)
-                if dkey not in cache:
-                    cache[dkey] = load_study_data(study, dkey[0], paths, device, all_data)
-                by_norm[dkey[0]] = cache[dkey]
-            data = group_data(group, by_norm)
+
+        def train_stack(s: Stack, stop: threading.Event | None) -> list[Result]:
             t0 = time.perf_counter()
-            n_in = data["x_train"].shape[-1]
-            sizes = architecture(st, n_in, n_classes, v0.loss, v0.normalize)["sizes"]
-            n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
-            flops = 6 * n_params * min(st.batch_size or n_train, n_train) * len(group)
-            with threads_for(flops if device == "cpu" else float("inf")):
-                out = train_group(st, group, params.inits, data, n_classes, device, bar)
-            seconds = (time.perf_counter() - t0) / len(group)
+            out = train_group(st, s.group, params.inits, s.data, n_classes, device, bar, stop)
             for r in out:
-                r.final["train_seconds"] = seconds
-                results[r.variant] = r
+                r.final["train_seconds"] = (time.perf_counter() - t0) / len(s.group)
+            return out
+
+        for out in run_stacks(stacks, train_stack, device):
+            results.update((r.variant, r) for r in out)
     return [results[v] for v in vs]
+
+
+SPLIT_STEP_FLOPS = 5e8  # a group this heavy per step is split across worker threads
+MIN_SPLIT = 7  # models per split stack at least: fewer make the GEMMs too thin
+STEP_SECONDS = 1.5e-3  # one step's op dispatch on one thread (for ordering stacks only)
+THREAD_FLOPS = 8e10  # one core's FLOP/s on a training step (for ordering stacks only)
+
+
+@dataclass
+class Stack:
+    """Models trained together in one ``StackedMLP``, and the estimate used to schedule them."""
+
+    group: list[Variant]
+    data: dict[str, Tensor]
+    flops_per_step: float
+    steps: int
+
+    @property
+    def cost(self) -> float:
+        return self.steps * (STEP_SECONDS + self.flops_per_step / THREAD_FLOPS)
+
+
+def stacks_for(st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_classes: int,
+               device: str = "cpu") -> list[Stack]:  # fmt: skip
+    """The stacks one group trains as: itself, or on CPU a heavy group split across threads."""
+    v0 = group[0]
+    n = data["x_train"].shape[-2]
+    sizes = architecture(st, data["x_train"].shape[-1], n_classes, v0.loss, v0.normalize)["sizes"]
+    flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * min(st.batch_size or n, n)
+    steps = st.epochs * -(-n // (st.batch_size or n))
+    workers = torch.get_num_threads() if device == "cpu" else 1
+    stacks = []
+    for chunk in split_group(group, flops, workers):
+        idx = [group.index(v) for v in chunk]
+        stacks.append(Stack(chunk, chunk_data(data, idx, len(group)), flops * len(chunk), steps))
+    return stacks
+
+
+def split_group(group: list[Variant], flops_per_model_step: float, workers: int) -> list[list[Variant]]:
+    """A heavy group in up to ``workers`` contiguous parts (learning-rate blocks stay whole where
+    they can); a light one whole: its steps cost op dispatch, which splitting would multiply."""
+    parts = min(workers, len(group) // MIN_SPLIT)
+    if parts < 2 or flops_per_model_step * len(group) < SPLIT_STEP_FLOPS:
+        return [group]
+    bounds = [round(i * len(group) / parts) for i in range(parts + 1)]
+    return [group[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def chunk_data(data: dict[str, Tensor], idx: list[int], m_group: int) -> dict[str, Tensor]:
+    """The inputs of models ``idx`` of a group: shared inputs as they are, per-model ones sliced."""
+    if len(idx) == m_group:
+        return data
+    out = dict(data)
+    for key in ("x_train", "x_val"):
+        if out[key].dim() == 3:
+            out[key] = out[key][idx[0] : idx[-1] + 1]
+    return out
+
+
+def run_stacks(stacks: list[Stack], train_stack, device: str = "cpu") -> list:
+    """``train_stack(stack, stop)`` for every stack; returns their results in order.
+
+    On CPU with W intra-op threads the stacks run in W threads of one intra-op thread each,
+    longest first: one core per stack does more than two cores on each stack in turn, because a
+    thin GEMM (batch 100) splits badly over cores, every op pays an OpenMP barrier, and serial
+    work (the dropout streams, Python) of one stack overlaps another's arithmetic. Fashion-MNIST:
+    1.36 -> 1.20 ms per model-step. Ops release the GIL; each stack keeps its own generators, so
+    results do not depend on the schedule. A failure or Ctrl-C stops every stack at its next
+    step. Light stacks (< 5e7 FLOP per step: every study but Fashion-MNIST) run in turn on one
+    intra-op thread: their steps are op dispatch, and two threads would trade the GIL at every
+    op (heart rate: 25 s in turn, 28 s in two threads). On one thread, or CUDA, all run in turn.
+    """
+    before = torch.get_num_threads()
+    heavy = [i for i, s in enumerate(stacks) if s.flops_per_step >= SMALL_STEP_FLOPS]
+    workers = min(before, len(heavy)) if device == "cpu" else 1
+    pooled = heavy if workers > 1 else []
+    out: list = [None] * len(stacks)
+    for i, s in enumerate(stacks):
+        if i in pooled:
+            continue
+        light = device == "cpu" and s.flops_per_step < SMALL_STEP_FLOPS
+        torch.set_num_threads(1 if light else before)
+        try:
+            out[i] = train_stack(s, None)
+        finally:
+            torch.set_num_threads(before)
+    if not pooled:
+        return out
+    stop = threading.Event()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="initlab-train")
+    try:
+        futures = {i: pool.submit(train_stack, stacks[i], stop)
+                   for i in sorted(pooled, key=lambda i: -stacks[i].cost)}  # fmt: skip
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        for f in futures.values():
+            if f.done() and f.exception() is not None and not isinstance(f.exception(), Stopped):
+                raise f.exception()
+        for i, f in futures.items():
+            out[i] = f.result()
+        return out
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(before)
+
+
+SMALL_STEP_FLOPS = 5e7  # below this a step is op dispatch, not arithmetic
 
 
 def save_results(results: list[Result], out: Path) -> None:
