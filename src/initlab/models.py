@@ -1,9 +1,11 @@
 """MLPs for every study, M of them stacked so one process trains a whole group at once.
 
-``StackedMLP`` holds the weights of M same-shaped models as ``(M, out, in)`` tensors. Every model
-reads the same input batch, so the first layer is one wide GEMM over all models; later layers are
-batched matmuls. Models never mix: each has its own initialiser draws, dropout stream and loss,
-and ``to_module(m)`` gives model m back as a plain ``nn.Sequential`` (what MLflow stores).
+``StackedMLP`` holds the weights of M same-shaped models as ``(M, in, out)`` tensors: each model's
+``nn.Linear`` weight transposed, so a layer is one batched matmul ``h @ W`` over all models with
+each model's weight read row by row, as MKL's no-transpose kernels stream it best (a thin batch
+of 100 against weights that step's optimiser update has pushed out of cache). Models never mix:
+each has its own initialiser draws, dropout stream and loss, and ``to_module(m)`` gives model m
+back as a plain ``nn.Sequential`` (what MLflow stores).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class StackedMLP(nn.Module):
         self.n_models, self.sizes = n_models, list(sizes)
         self.activation, self.dropout, self.head = activation, dropout, head
         self.batchnorm_input = batchnorm_input
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(n_models, o, i)) for i, o in zip(sizes[:-1], sizes[1:])
+        self.weights = nn.ParameterList(  # model m's nn.Linear weight is weights[k][m].T
+            nn.Parameter(torch.empty(n_models, i, o)) for i, o in zip(sizes[:-1], sizes[1:])
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(n_models, o)) for o in sizes[1:])
         if batchnorm_input:
@@ -58,7 +60,9 @@ class StackedMLP(nn.Module):
         """Model m's layers, first to last, drawn by ``specs[m]`` from ``generators[m]``."""
         for m, (spec, gen) in enumerate(zip(specs, generators, strict=True)):
             for w, b in zip(self.weights, self.biases):
-                init_linear(w.data[m], b.data[m], spec.name, spec.args, spec.bias, gen)
+                weight = torch.empty(w.shape[2], w.shape[1], device=w.device)  # nn.Linear's (out, in)
+                init_linear(weight, b.data[m], spec.name, spec.args, spec.bias, gen)
+                w.data[m].copy_(weight.T)
 
     def forward(self, x: Tensor, dropout_generators: list[torch.Generator] | None = None) -> Tensor:
         """``x``: ``(B, in)`` shared by all models, or ``(M, B, in)``. Returns ``(M, B, out)``."""
@@ -68,11 +72,9 @@ class StackedMLP(nn.Module):
             h = self._batchnorm(h)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if h.dim() == 2:  # shared input: one GEMM over all models' units, bias fused in
-                out = torch.addmm(b.view(-1), h, w.view(M * w.shape[1], w.shape[2]).T)
-                h = out.view(h.shape[0], M, w.shape[1]).transpose(0, 1)  # (M, B, out), a view
-            else:
-                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if h.dim() == 2:  # shared input: every model reads the same batch (no copy)
+                h = h.unsqueeze(0).expand(M, *h.shape)
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
             if k < last:
                 h = ACTIVATIONS[self.activation][0](h)
                 if self.training and self.dropout > 0:
@@ -102,8 +104,7 @@ class StackedMLP(nn.Module):
         keep = 1.0 - self.dropout
         if generators is None:
             raise ValueError("training with dropout needs one generator per model")
-        M, B, n = shape  # laid out as the activations are: (B, M, n) in memory
-        mask = torch.empty(B, M, n, device=device).transpose(0, 1)
+        mask = torch.empty(shape, device=device)
         for m, g in enumerate(generators):
             mask[m].uniform_(generator=g)
         return mask.lt_(keep).mul_(1.0 / keep)
@@ -123,9 +124,9 @@ class StackedMLP(nn.Module):
             layers.append(bn)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            lin = nn.Linear(w.shape[2], w.shape[1], device="meta").to_empty(device="cpu")
+            lin = nn.Linear(w.shape[1], w.shape[2], device="meta").to_empty(device="cpu")
             with torch.no_grad():
-                lin.weight.copy_(w[m])
+                lin.weight.copy_(w[m].T)
                 lin.bias.copy_(b[m])
             layers.append(lin)
             if k < last:
