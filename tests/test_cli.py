@@ -61,6 +61,7 @@ BAD = [
     ("data.circles.n_samples", 0, "greater than 0"),
     ("train.line.shuffle", "maybe", "valid boolean"),
     ("prepare.heart_rate.threshold_bpm", -3, "greater than 0"),
+    ("train.fashion_mnist.val_every", 0, "greater than 0"),
     ("inits.bad_start.bias", "ones", "inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
 ]
 

@@ -192,7 +192,7 @@ def train_group(
     diverged_at = torch.full((M,), -1, dtype=torch.long)
     alive = torch.ones(M, dtype=torch.bool)
     # Long full-batch runs (10,000 epochs) are validated at a stride: ~1,000 points per curve.
-    val_every = max(1, st.epochs // 1000)
+    val_every = st.val_every or max(1, st.epochs // 1000)
     step = 0
     model.train()
     for epoch in range(st.epochs):
