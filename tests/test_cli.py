@@ -21,7 +21,7 @@ REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
 
 def test_help_lists_one_command_per_stage():
     out = runner.invoke(app, ["--help"]).output
-    for stage in ("download", "prepare", "normalize", "train", "evaluate", "report"):
+    for stage in ("download", "prepare", "normalize", "train", "evaluate", "track", "report"):
         assert stage in out
 
 
@@ -109,7 +109,7 @@ def project_with_store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for stage in ("download", "prepare", "normalize", "train", "evaluate"):
+        for stage in ("download", "prepare", "normalize", "train", "evaluate", "track"):
             result = runner.invoke(app, [stage, "line"])
             assert result.exit_code == 0, result.output
     con = sqlite3.connect(root / "mlflow.db")
@@ -117,6 +117,7 @@ def project_with_store(tmp_path_factory):
     n_metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
     con.close()
     assert runs == [("FINISHED", 3)] and n_metrics > 3 * 10  # the grid's one run, 2 reproductions
+    assert (root / "pipeline" / "tracking.json").exists()
     return root
 
 
@@ -125,7 +126,7 @@ def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypat
                                                               message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
-    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["track"], ["report"]):
         result = runner.invoke(app, stage)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
@@ -139,7 +140,7 @@ def test_bad_params_leave_the_store_and_the_outputs_as_they_were(project_with_st
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
     rows, files = store_rows(tmp_path / "mlflow.db"), folder_bytes(tmp_path)
-    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["report"]):
+    for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["track"], ["report"]):
         result = runner.invoke(app, stage)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1

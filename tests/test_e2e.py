@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import MIRROR, REPO
@@ -43,7 +46,7 @@ def project(tmp_path_factory):
 
 def test_ci_profile_runs_every_stage_and_writes_the_report(project):
     work, _, first = project
-    assert first.count("Running stage") == 4 * 5 + 1
+    assert first.count("Running stage") == 4 * 5 + 2  # 5 stages per study, then track and report
     report = (work / "reports" / "report.md").read_text()
     for title in ("Line", "Circles", "Heart rate", "Fashion-MNIST"):
         assert f"## {title}" in report
@@ -88,6 +91,56 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_stages(project):
     (work / "params.yaml").write_text(params.replace("first_batches: 100", "first_batches: 50"))
     out = run(["dvc", "repro"], work, env)
     assert out.count("Running stage") == 1 and "Running stage 'report'" in out
+
+
+def store(work: Path) -> tuple[dict[str, tuple[str, str]], dict[str, set[str]]]:
+    """run id -> (experiment name, status), and run id -> its metric keys."""
+    con = sqlite3.connect(f"file:{work / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        runs = {rid: (exp, status) for rid, exp, status in con.execute(
+            "SELECT r.run_uuid, e.name, r.status FROM runs r JOIN experiments e USING (experiment_id)")}
+        keys: dict[str, set[str]] = {}
+        for rid, key in con.execute("SELECT DISTINCT run_uuid, key FROM metrics"):
+            keys.setdefault(rid, set()).add(key)
+        return runs, keys
+    finally:
+        con.close()
+
+
+def test_mlflow_holds_one_finished_run_per_trained_model_with_its_test_metrics(project):
+    work, _, _ = project
+    tracked = json.loads((work / "pipeline" / "tracking.json").read_text())
+    runs, keys = store(work)
+    n = 0
+    for study in ("line", "circles", "heart_rate", "fashion_mnist"):
+        table = pd.read_csv(work / "pipeline" / "evaluate" / f"{study}.csv")
+        ids = tracked["runs"][study]
+        assert sorted(ids) == sorted(table["run_name"]), study
+        assert sum(exp == f"initlab-{study}" for exp, _ in runs.values()) == len(table)  # no duplicates
+        for name, acc in zip(table["run_name"], table["test_accuracy"]):
+            assert runs[ids[name]] == (f"initlab-{study}", "FINISHED"), (study, name)
+            assert {"train_loss_step", "val_loss", "steps"} <= keys[ids[name]], (study, name)
+            assert ("test_accuracy" in keys[ids[name]]) == math.isfinite(acc), (study, name)  # NaN: diverged
+        n += len(table)
+    assert (tracked["logged"], tracked["skipped"]) == (n, 0) and len(runs) == n
+    assert 0 < tracked["mlflow_seconds"]
+
+
+def test_track_again_logs_nothing_and_a_new_store_gets_every_run(project):
+    work, env, _ = project
+    before, _ = store(work)
+    run(["dvc", "repro", "-f", "-s", "track"], work, env)
+    again = json.loads((work / "pipeline" / "tracking.json").read_text())
+    assert again["logged"] == 0 and again["skipped"] == len(before)
+    assert store(work)[0] == before
+    for f in work.glob("mlflow.db*"):  # the documented recovery: delete the store, force the stage
+        f.unlink()
+    run(["dvc", "repro", "-f", "-s", "track"], work, env)
+    fresh = json.loads((work / "pipeline" / "tracking.json").read_text())
+    runs, _ = store(work)
+    assert fresh["logged"] == len(before) and fresh["skipped"] == 0
+    assert len(runs) == len(before) and {s for _, s in runs.values()} == {"FINISHED"}
+    assert "Running stage" not in run(["dvc", "repro"], work, env)
 
 
 def test_bench_refuses_a_subset_with_one_line(project):

@@ -1,4 +1,5 @@
-"""Real processes: `initlab train` stopped by a signal, and two pipelines on one new SQLite store.
+"""Real processes: `initlab train` and `initlab track` stopped by a signal, and two `initlab track`
+at once on one SQLite store (a new one; one study twice).
 
 Each test runs `python -m initlab` in a temporary project whose data stages are done (copied from
 ``small_root``), so these are slow tests: run them with ``pytest -m slow tests/test_processes.py``.
@@ -7,6 +8,7 @@ Each test runs `python -m initlab` in a temporary project whose data stages are 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -40,14 +42,18 @@ def tiny_params(study: str, **train) -> dict:
     return p
 
 
+def project_env(root: Path) -> dict:
+    """The environment to run initlab in ``root``: this checkout's source, its own MLflow store."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+            "INITLAB_DATA_MIRROR": str(MIRROR), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+
+
 def make_project(root: Path, small_root, params: dict) -> tuple[Path, dict]:
     """A project in ``root`` with every study's data stages done, and the env to run it."""
     shutil.copytree(small_root.pipeline, root / "pipeline")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "INITLAB_DATA_MIRROR": str(MIRROR), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-    return root, env
+    return root, project_env(root)
 
 
 def initlab(*args: str) -> list[str]:
@@ -138,31 +144,82 @@ class Terminal:
         return code
 
 
+# MLflow's own log lines: INFO, and the warning it gives once for a model saved as a pickle (by design).
+MLFLOW_LOG = r"\d{4}/\d\d/\d\d .* (INFO |WARNING mlflow\.pytorch: Saving pytorch model by Pickle)"
+
+
 def messages(stderr: str) -> list[str]:
-    """stderr without progress bars and MLflow's INFO log lines: what the user is told."""
+    """stderr without progress bars and MLflow's log lines: what the user is told."""
     lines = (s.strip() for s in re.split(r"[\r\n]+", stderr))
-    return [s for s in lines if s and not re.match(r"(train|mlflow) \w+:|\d{4}/\d\d/\d\d .* INFO ", s)]
+    return [s for s in lines if s and not re.match(rf"(train|track) \w+:|{MLFLOW_LOG}", s)]
+
+
+def stage(root: Path, env: dict, *args: str) -> None:
+    out = subprocess.run(initlab(*args), cwd=root, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)  # fmt: skip
+    assert out.returncode == 0, f"initlab {' '.join(args)}:\n{out.stderr}"
+
+
+def tracked(root: Path) -> dict:
+    return json.loads((root / "pipeline" / "tracking.json").read_text())
 
 
 # --------------------------------------------------------------------------- interruption
 
-# heart_rate, 3 models (none / zscore / batchnorm): ~1-4 s of training, then MLflow logs each run
-# with its model (a second or more each), so there is time to land a signal in either phase.
-INTERRUPT_PARAMS = tiny_params("heart_rate", epochs=40)
+# heart_rate, 3 models (none / zscore / batchnorm): ~1-4 s of training, time to land a signal.
+TRAIN_PARAMS = tiny_params("heart_rate", epochs=40)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_training_writes_nothing_and_the_rerun_completes(small_root, tmp_path, signame):
+    root, env = make_project(tmp_path, small_root, TRAIN_PARAMS)
+    before = files(root / "pipeline")
+    t = Terminal(initlab("train", "heart_rate"), root, env)
+    t.wait_for(lambda: "train heart_rate" in t.stderr, "training progress")
+    t.proc.send_signal(getattr(signal, signame))
+    code = t.finish()
+
+    assert code == 130, t.stderr
+    assert messages(t.stderr) == ["initlab: interrupted; no output was written"], t.stderr
+    assert not (root / "pipeline" / "train").exists()
+    assert files(root / "pipeline") == before  # nothing written, no temporary left behind
+    assert not (root / "mlflow.db").exists()  # training never opens the store
+
+    stage(root, env, "train", "heart_rate")
+    out = root / "pipeline" / "train" / "heart_rate"
+    table = pd.read_csv(out / "runs.csv")
+    assert len(table) == 3 and len(list((out / "weights").iterdir())) == 3
+    assert "mlflow_run_id" not in table.columns and not (root / "mlflow.db").exists()
+
+
+# heart_rate, 30 models (3 normalisations x 10 seeds), trained and evaluated: `initlab track` then
+# takes seconds (importing MLflow and torch, creating the store, 30 runs with their models), time
+# to land a signal while the new store is created or while runs are logged.
+TRACK_PARAMS = tiny_params("heart_rate", epochs=5)
+TRACK_PARAMS["train"]["heart_rate"]["seeds"] = list(range(10))
+
+
+@pytest.fixture(scope="module")
+def evaluated(small_root, tmp_path_factory):
+    """A project whose heart_rate train and evaluate stages are done; no MLflow store yet."""
+    root, env = make_project(tmp_path_factory.mktemp("evaluated"), small_root, TRACK_PARAMS)
+    stage(root, env, "train", "heart_rate")
+    stage(root, env, "evaluate", "heart_rate")
+    assert not (root / "mlflow.db").exists()
+    return root
 
 
 @pytest.mark.parametrize(("signame", "phase"), [
-    ("SIGTERM", "training"), ("SIGINT", "training"),  # no MLflow run exists yet
     ("SIGTERM", "store"),  # MLflow is migrating the new store: the signal waits until it is whole
     ("SIGTERM", "logging"), ("SIGINT", "logging"),  # a run is RUNNING
 ])  # fmt: skip
-def test_a_signal_stops_train_cleanly_and_the_rerun_completes(small_root, tmp_path, signame, phase):
-    root, env = make_project(tmp_path, small_root, INTERRUPT_PARAMS)
+def test_a_signal_stops_track_cleanly_and_the_rerun_completes(evaluated, tmp_path, signame, phase):
+    root = tmp_path / "project"
+    shutil.copytree(evaluated, root)
+    env = project_env(root)
     db, before = root / "mlflow.db", files(root / "pipeline")
-    t = Terminal(initlab("train", "heart_rate"), root, env)
-    if phase == "training":
-        t.wait_for(lambda: "train heart_rate" in t.stderr, "training progress")
-    elif phase == "store":
+    t = Terminal(initlab("track", "heart_rate"), root, env)
+    if phase == "store":
         t.wait_for(lambda: schema_version(db), "MLflow's schema migrations")
     else:
         t.wait_for(lambda: runs(db), "an MLflow run")
@@ -171,27 +228,29 @@ def test_a_signal_stops_train_cleanly_and_the_rerun_completes(small_root, tmp_pa
 
     assert code == 130, t.stderr
     assert messages(t.stderr) == ["initlab: interrupted; no output was written"], t.stderr
-    statuses = [s for _, s in runs(db)]
-    assert "RUNNING" not in statuses
-    if phase == "training":
-        assert statuses == []  # the signal came before any logging
+    status = dict(runs(db))
+    assert "RUNNING" not in status.values()
     if phase == "logging":
-        assert "KILLED" in statuses and set(statuses) <= {"KILLED", "FINISHED"}
+        assert "KILLED" in status.values() and set(status.values()) <= {"KILLED", "FINISHED"}
     if phase == "store":  # migrated to the end, not left half-way for every later run to trip on
         from mlflow.store.db.utils import _get_latest_schema_revision
 
         assert schema_version(db) == _get_latest_schema_revision()
-    assert not (root / "pipeline" / "train").exists()
+    assert not (root / "pipeline" / "tracking.json").exists()
     assert files(root / "pipeline") == before  # nothing written, no temporary left behind
 
-    again = subprocess.run(initlab("train", "heart_rate"), cwd=root, env=env, capture_output=True,
-                           text=True, timeout=TIMEOUT)  # fmt: skip
-    assert again.returncode == 0, again.stderr
-    table = pd.read_csv(root / "pipeline" / "train" / "heart_rate" / "runs.csv")
-    assert len(table) == 3 and len(list((root / "pipeline" / "train" / "heart_rate" / "weights").iterdir())) == 3
-    status = dict(runs(db))
-    assert all(status[rid] == "FINISHED" for rid in table["mlflow_run_id"])
-    assert "RUNNING" not in status.values()
+    stage(root, env, "track", "heart_rate")
+    done = tracked(root)
+    ids = done["runs"]["heart_rate"]
+    finished_before = [rid for rid, s in status.items() if s == "FINISHED"]
+    n_kept = len(finished_before)
+    assert len(ids) == 30 and (done["logged"], done["skipped"]) == (30 - n_kept, n_kept)
+    after = dict(runs(db))
+    assert all(after[rid] == "FINISHED" for rid in ids.values())
+    assert set(finished_before) <= set(ids.values())  # kept, not logged twice
+    killed = [rid for rid, s in status.items() if s == "KILLED"]
+    assert not set(killed) & set(ids.values())  # logged again
+    assert "RUNNING" not in after.values() and len(after) == len(status) + done["logged"]
     leftovers = [p for p in (root / "pipeline").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
 
@@ -199,32 +258,54 @@ def test_a_signal_stops_train_cleanly_and_the_rerun_completes(small_root, tmp_pa
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_two_pipelines_at_once_on_one_new_sqlite_store(small_root, tmp_path):
-    """`train line` and `train circles` from two projects, one MLflow store that does not exist yet.
+def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
+    """`track line` and `track circles` from two projects, one MLflow store that does not exist yet.
 
     Both processes find an empty store and, unguarded, both run MLflow's schema migrations: one
     fails ("table ... already exists", "duplicate column name", "Online migration expected ...").
     """
     db = tmp_path / "shared" / "mlflow.db"
-    procs = {}
+    projects = {}
     for study in ("line", "circles"):
         p = tiny_params(study, epochs=5)
         p["train"][study]["seeds"] = [0, 1]
         root, env = make_project(tmp_path / study, small_root, p)
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-        procs[study] = (root, subprocess.Popen(initlab("train", study), cwd=root, env=env, text=True,
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
-    outs = {study: (root, *proc.communicate(timeout=TIMEOUT), proc.returncode)
-            for study, (root, proc) in procs.items()}  # fmt: skip
-    for study, (_, _, err, code) in outs.items():
-        assert code == 0, f"{study}:\n{err}"
+        stage(root, env, "train", study)
+        stage(root, env, "evaluate", study)
+        projects[study] = (root, env)
+    assert not db.exists()
+    procs = {study: subprocess.Popen(initlab("track", study), cwd=root, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for study, (root, env) in projects.items()}  # fmt: skip
+    for study, proc in procs.items():
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, f"{study}:\n{err}"
         assert "locked" not in err and "Traceback" not in err, f"{study}:\n{err}"
     status, keys = dict(runs(db)), metric_keys(db)
-    tables = {study: pd.read_csv(root / "pipeline" / "train" / study / "runs.csv")
-              for study, (root, *_) in outs.items()}  # fmt: skip
-    assert len(tables["line"]) == 2 and len(tables["circles"]) == 4  # seeds x normalisations
+    ids = {study: tracked(root)["runs"][study] for study, (root, _) in projects.items()}
+    assert len(ids["line"]) == 2 and len(ids["circles"]) == 4  # seeds x normalisations
     assert len(status) == 6 and set(status.values()) == {"FINISHED"}
-    for table in tables.values():
-        for rid in table["mlflow_run_id"]:
+    for study_ids in ids.values():
+        for rid in study_ids.values():
             assert status[rid] == "FINISHED"
-            assert {"train_loss", "val_accuracy", "val_loss", "train_loss_step"} <= keys[rid]
+            assert {"train_loss", "val_accuracy", "val_loss", "train_loss_step", "test_accuracy",
+                    "test_loss"} <= keys[rid]  # fmt: skip
+
+
+def test_two_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_path):
+    """`track line` twice at once in one project: one logs the runs, the other finds them there."""
+    p = tiny_params("line", epochs=5)
+    p["train"]["line"]["seeds"] = [0, 1, 2]
+    root, env = make_project(tmp_path, small_root, p)
+    stage(root, env, "train", "line")
+    stage(root, env, "evaluate", "line")
+    procs = [subprocess.Popen(initlab("track", "line"), cwd=root, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        assert "locked" not in err and "Traceback" not in err, err
+    status = dict(runs(root / "mlflow.db"))
+    assert len(status) == 3 and set(status.values()) == {"FINISHED"}  # 3 seeds, each logged once
+    assert sorted(tracked(root)["runs"]["line"].values()) == sorted(status)

@@ -61,6 +61,17 @@ def test_the_store_lock_is_shared_with_other_processes(tmp_path):
     assert not (tmp_path / "sub" / "mlflow.db").exists()  # the lock creates no store
 
 
+def test_a_named_lock_is_another_lock_of_the_same_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other = ("import sys; from initlab.store import store_lock\n"
+             "with store_lock(sys.argv[1], timeout=0.2): pass")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with store_lock(uri, name="track-line"):
+        assert (tmp_path / "mlflow.db-initlab-track-line.lock").exists()
+        out = subprocess.run([sys.executable, "-c", other, uri], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr  # the store's own lock is free meanwhile
+
+
 class SignalAfterCreate:
     """A client whose create_run is followed at once by a signal: the worst moment for one."""
 

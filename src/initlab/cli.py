@@ -119,9 +119,13 @@ def train(
     params: Path = ParamsOpt,
     device: str = typer.Option(None, help="cpu or cuda; default: train.device in params."),
 ) -> None:
-    """Train every variant (init x loss x normalisation x lr x seed) of a study; log each to MLflow."""
+    """Train every variant (init x loss x normalisation x lr x seed) of a study.
+
+    Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
+    track` logs the runs).
+    """
     from initlab.io import atomic_path, write_json
-    from initlab.tracking import log_results, sigterm_raises, tracking_uri
+    from initlab.tracking import sigterm_raises
     from initlab.train import save_results, train_study
 
     p = load_params(params)
@@ -129,17 +133,12 @@ def train(
     t0 = time.perf_counter()
     with sigterm_raises():
         results = train_study(p, study.value, Paths(), dev)
-        t1 = time.perf_counter()
-        run_ids = log_results(p, study.value, results)
-        t2 = time.perf_counter()
-        for r, rid in zip(results, run_ids):
-            r.final["mlflow_run_id"] = rid
+        seconds = time.perf_counter() - t0
         with atomic_path(Paths().trained(study.value)) as out:
             save_results(results, out)
-            write_json(out / "timing.json", {"models": len(results), "train_seconds": t1 - t0,
-                                             "mlflow_seconds": t2 - t1})  # fmt: skip
-    typer.echo(f"trained {len(results)} models in {t1 - t0:.1f} s; MLflow logging "
-               f"{t2 - t1:.1f} s to {tracking_uri()}", err=True)  # fmt: skip
+            write_json(out / "timing.json", {"models": len(results), "train_seconds": seconds})
+    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study.value)}",
+               err=True)  # fmt: skip
 
 
 @app.command()
@@ -147,23 +146,54 @@ def train(
 def evaluate(study: Study) -> None:
     """Test every trained model of a study on its held-out test split; write DVC metrics."""
     from initlab.evaluate import evaluate_study, write_evaluation
-    from initlab.tracking import client, log_test_metrics
 
     t0 = time.perf_counter()
     paths = Paths()
     df = evaluate_study(study.value, paths)
-    missing = 0
-    t1 = time.perf_counter()
-    cl = client()
-    for row in df.itertuples(index=False):
-        test = {k: getattr(row, k) for k in df.columns if k.startswith("test_")}
-        missing += not log_test_metrics(row.mlflow_run_id, test, cl)
-    mlflow_seconds = time.perf_counter() - t1
-    if missing:
-        typer.echo(f"warning: {missing} MLflow runs not found; test metrics only in "
-                   f"{paths.metrics(study.value)}", err=True)  # fmt: skip
-    write_evaluation(study.value, df, paths, {"mlflow_seconds": mlflow_seconds})
+    write_evaluation(study.value, df, paths)
     _done(f"evaluate {study.value}: {len(df)} runs -> {paths.metrics(study.value)}", t0)
+
+
+TrackStudies = typer.Argument(None, show_default=False,
+                              help="Studies to log (default: all four, as the DVC stage does).")
+
+
+@app.command()
+@stage
+def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) -> None:
+    """Log every trained model to MLflow: one run per model in experiment initlab-<study>.
+
+    A run holds the model's tags and params, its training loss and validation curves (strided to
+    tracking.max_points_per_metric points), its final train/validation metrics and its test
+    metrics (from pipeline/evaluate/<study>.csv), and the model itself (MLflow pytorch format,
+    `runs:/<run_id>/model`, when tracking.log_models). The store is sqlite:///mlflow.db unless
+    MLFLOW_TRACKING_URI names another.
+
+    Idempotent: each run is tagged initlab.run_key, a hash of the weights, the curves and the
+    run's metrics and params; a model whose key is already in a FINISHED run is skipped, so a
+    second run logs nothing and a change to one study logs only its changed models. A FAILED or
+    KILLED (interrupted) run is logged again. After deleting mlflow.db, `dvc repro -f -s track`
+    logs everything again (-s: this stage only; -f alone also re-runs every stage before it).
+
+    Writes pipeline/tracking.json: study -> run name -> run id, runs logged and skipped, and
+    mlflow_seconds (this command's time, for `initlab bench`). Needs the train and evaluate
+    stages done (`dvc repro evaluate@<study>`).
+    """
+    t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
+    from initlab.io import write_json
+    from initlab.tracking import log_studies, sigterm_raises, tracking_uri, trained_runs
+
+    p = load_params(params)
+    paths = Paths()
+    names = list(dict.fromkeys(s.value for s in studies)) if studies else [s.value for s in Study]
+    with sigterm_raises():
+        runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
+        out = log_studies(p, runs)
+        out["mlflow_seconds"] = time.perf_counter() - t0
+        out["tracking_uri"] = tracking_uri()
+        write_json(paths.tracked, out)
+    typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
+               f"{out['mlflow_seconds']:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
 
 
 @app.command()

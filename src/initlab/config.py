@@ -335,6 +335,10 @@ class Paths:
         return self.pipeline / "evaluate" / f"{study}.csv"
 
     @property
+    def tracked(self) -> Path:
+        return self.pipeline / "tracking.json"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 

@@ -67,9 +67,8 @@ def summarise(df: pd.DataFrame) -> dict:
             for k, d in out.items()}  # fmt: skip
 
 
-def write_evaluation(study: str, df: pd.DataFrame, paths: Paths, timing: dict | None = None) -> None:
-    """The per-run table, the DVC metrics and (for ``initlab bench``) the stage's timing."""
+def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
+    """The per-run table (``initlab track`` logs its test metrics) and the DVC metrics."""
     with atomic_path(paths.evaluated(study)) as tmp:
         df.drop(columns=["arch"]).to_csv(tmp, index=False)
-    write_json(paths.evaluated(study).with_suffix(".timing.json"), timing or {})
     write_json(paths.metrics(study), summarise(df))

@@ -1,7 +1,7 @@
 """The MLflow store shared by pipelines that run at once, and store writes no signal cuts in half.
 
-Two pipelines may use one store at the same time: two ``initlab train`` (or ``evaluate``) in one
-project, ``dvc repro`` beside a manual stage, or two checkouts whose ``MLFLOW_TRACKING_URI`` names
+Two pipelines may use one store at the same time: two ``initlab track`` in one project,
+``dvc repro`` beside a manual ``initlab track``, or two checkouts whose ``MLFLOW_TRACKING_URI`` names
 one SQLite file. SQLite serialises their writes itself (MLflow gives each session a 20 s busy
 timeout), but MLflow's creation of a new store is not safe across processes: each process
 finds no tables, runs the schema migrations and inserts the default experiment, and the others
@@ -13,11 +13,14 @@ on (``index ... already exists``). So:
   store) while holding ``store_lock``, an OS lock on the file ``<db>-initlab.lock`` beside the
   database (an empty file, left in place; the OS frees the lock if its holder dies);
   ``store_lock`` also makes an experiment's get-or-create one step;
+- ``initlab track`` holds a lock per study (``<db>-initlab-track-<study>.lock``) while it looks
+  for a study's runs and logs the missing ones, so two of them at once log each model once;
 - ``deferred_signals`` holds SIGINT and SIGTERM during short store writes (creating the schema,
   creating or ending a run) and delivers them right after, so an interruption never leaves a
   half-migrated store, or a run created but never ended.
 
-Stores that are not SQLite files (a server, PostgreSQL) need no lock: ``store_lock`` does nothing.
+Stores that are not SQLite files (a server, PostgreSQL) need no lock: ``store_lock`` does nothing
+(there, two ``initlab track`` of one study started at the same moment may both log a model).
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ def sqlite_file(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold a lock shared by every initlab process using the SQLite store ``uri``; no-op otherwise."""
+def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S, name: str = "") -> Iterator[None]:
+    """Hold a lock shared by every initlab process using the SQLite store ``uri``; no-op otherwise.
+
+    ``name`` picks another lock of the same store (``<db>-initlab-<name>.lock``), one that a
+    holder of the first may take.
+    """
     db = sqlite_file(uri)
     if db is None:
         yield
@@ -54,7 +61,8 @@ def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{db}{LOCK_SUFFIX}", timeout=timeout)
+    suffix = f"-initlab-{name}.lock" if name else LOCK_SUFFIX
+    lock = FileLock(f"{db}{suffix}", timeout=timeout)
     try:
         lock.acquire()
     except Timeout:

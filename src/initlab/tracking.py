@@ -1,4 +1,15 @@
-"""MLflow tracking: one experiment per study, one run per trained model, metrics in batches.
+"""MLflow tracking: one experiment per study, one run per trained model, logged by one process.
+
+The train and evaluate stages never touch MLflow: importing it and opening the store cost seconds
+per process. ``initlab track`` (the DVC stage ``track``) reads what they wrote
+(``pipeline/train/<study>/`` and ``pipeline/evaluate/<study>.csv``) and logs each trained model as
+one run: tags, params, curves strided to ``tracking.max_points_per_metric`` points, final train
+and validation metrics and the test metrics together in one ``log_batch``, and the model.
+
+Logging is idempotent. Each run is tagged ``initlab.run_key``, a SHA-256 of what the run shows
+(study, run name, the weight file, the run's row of the evaluate table, its curves, the logged
+params and tracking settings); a study's FINISHED runs are fetched once, and a model whose key is
+there is not logged again. A FAILED or KILLED attempt does not count, so it is logged again.
 
 The store is ``sqlite:///mlflow.db`` in the project root unless ``MLFLOW_TRACKING_URI`` names
 another. Runs are opened with a context that ends them FAILED on any error and KILLED on Ctrl-C or
@@ -6,27 +17,39 @@ SIGTERM, so no run is ever left RUNNING. Two pipelines may log to one SQLite sto
 ``initlab.store`` creates a new store in one process and holds signals during a run's creation
 and end; WAL mode and a busy timeout let their writes wait for each other.
 
-A run costs four store calls: ``create_run`` (with its tags), one ``log_batch`` (params, curves
-strided to ``tracking.max_points_per_metric`` points, final metrics), ``log_artifacts`` (the
-model) and ``set_terminated``. On SQLite the per-row ORM work of ``log_batch`` is what remains;
-the full curves are in ``pipeline/train/<study>/curves.npz``.
+A run costs four store calls: ``create_run`` (with its tags), one ``log_batch`` (params, metrics),
+``log_artifacts`` (the model) and ``set_terminated``; a study one ``search_runs`` (paged). On
+SQLite the per-row ORM work of ``log_batch`` is what remains; the full curves are in
+``pipeline/train/<study>/curves.npz``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
+import math
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from initlab.config import Params, ParamsError, Paths
 from initlab.store import deferred_signals, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+RUN_KEY_TAG = "initlab.run_key"
+SEARCH_PAGE = 10_000  # runs per search_runs page (MLflow's SQL store allows up to 50,000)
+# Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
+IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch",
+            "mlflow_run_id")  # fmt: skip
 
 
 def tracking_uri() -> str:
@@ -139,17 +162,24 @@ def run_guard(cl, run_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def new_run(cl, experiment: str, **kwargs) -> Iterator[str]:
-    """``cl.create_run(experiment, **kwargs)`` inside ``run_guard``; yields the run id.
+def new_run_info(cl, experiment: str, **kwargs) -> Iterator:
+    """``cl.create_run(experiment, **kwargs)`` inside ``run_guard``; yields the run's ``RunInfo``.
 
     Signals are held from the run's creation until the guard is in place, so no interruption
     leaves a run that nobody ends.
     """
     with contextlib.ExitStack() as stack:
         with deferred_signals():
-            run_id = cl.create_run(experiment, **kwargs).info.run_id
-            stack.enter_context(run_guard(cl, run_id))
-        yield run_id  # a signal held above was raised as its `with` ended: inside the guard
+            info = cl.create_run(experiment, **kwargs).info
+            stack.enter_context(run_guard(cl, info.run_id))
+        yield info  # a signal held above was raised as its `with` ended: inside the guard
+
+
+@contextlib.contextmanager
+def new_run(cl, experiment: str, **kwargs) -> Iterator[str]:
+    """``new_run_info``, yielding the run id."""
+    with new_run_info(cl, experiment, **kwargs) as info:
+        yield info.run_id
 
 
 def series(key: str, values: np.ndarray, steps: np.ndarray, max_points: int):
@@ -186,22 +216,41 @@ def model_signature(arch: dict):
     return ModelSignature(inputs=spec(arch["sizes"][0]), outputs=spec(arch["sizes"][-1]))
 
 
-def log_model(cl, run_id: str, module, arch: dict, requirements: list[str]) -> None:
+def local_dir(uri: str) -> Path | None:
+    """The folder of a local artifact URI (a path or ``file:``); None for remote stores."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def log_model(cl, run_id: str, module, arch: dict, requirements: list[str],
+              artifact_uri: str | None = None) -> None:  # fmt: skip
     """The model in MLflow's pytorch format, as the run's ``model`` artifact.
 
     ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` loads it, and the UI can register
-    it. It is saved locally and uploaded with ``log_artifacts``, not ``log_model``: that also
-    creates and finalises a LoggedModel entity, three more store transactions per run, and the
-    pt2 export traces the graph; together 10x the cost (0.2-0.6 s against 20 ms per run here).
+    it. It is saved with ``save_model``, not ``log_model``: that also creates and finalises a
+    LoggedModel entity, three more store transactions per run, and the pt2 export traces the
+    graph; together 10x the cost. Where the run's artifacts are a local folder (the default) it
+    is saved there directly, which is all ``log_artifacts`` would do after saving it to a
+    temporary folder; otherwise it is saved to one and uploaded with ``log_artifacts``.
     """
     import tempfile
 
     import mlflow
 
+    def save(path: str) -> None:
+        mlflow.pytorch.save_model(module, path, serialization_format="pickle",
+                                  signature=model_signature(arch), pip_requirements=requirements)  # fmt: skip
+
+    local = local_dir(artifact_uri or cl.get_run(run_id).info.artifact_uri)
+    if local is not None:
+        save(str(local / "model"))
+        return
     with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-        mlflow.pytorch.save_model(module, f"{tmp}/model", serialization_format="pickle",
-                                  signature=model_signature(arch),
-                                  pip_requirements=requirements)  # fmt: skip
+        save(f"{tmp}/model")
         cl.log_artifacts(run_id, f"{tmp}/model", "model")
 
 
@@ -214,64 +263,225 @@ def _flat_params(prefix: str, obj) -> dict[str, str]:
     return {prefix: str(obj)[:6000]}
 
 
-def log_results(params, study: str, results: list, progress: bool | None = None) -> list[str]:
-    """One MLflow run per trained model: params, tags, curves, final metrics, the model.
+@dataclass(frozen=True)
+class TrainedRun:
+    """One trained model as the train and evaluate stages left it: everything its run logs."""
 
-    Returns the run ids in the order of ``results``.
+    study: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # final train/validation metrics and test metrics
+    curves: dict[str, np.ndarray]  # step_loss, val_loss, val_acc
+    arch: dict
+    weights: Path
+    key: str  # RUN_KEY_TAG: equal keys, equal runs
+
+
+def _is_metric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _same_rows(a, b) -> bool:
+    """Whether two tables hold the same rows in their shared columns (floats to 1e-12)."""
+    import pandas as pd
+
+    if list(a["run_name"]) != list(b["run_name"]):
+        return False
+    for col in (set(a.columns) & set(b.columns)) - {"arch"}:
+        x, y = a[col], b[col]
+        if pd.api.types.is_float_dtype(x) and pd.api.types.is_float_dtype(y):
+            if not np.allclose(x.to_numpy(), y.to_numpy(), rtol=1e-12, atol=0, equal_nan=True):
+                return False
+        elif list(x.astype(str)) != list(y.astype(str)):
+            return False
+    return True
+
+
+def run_key(study: str, run_name: str, weights: bytes, row: dict, curves: dict[str, np.ndarray],
+            logged: dict) -> str:  # fmt: skip
+    """SHA-256 of what a run shows: a run with this key in the store needs no logging again."""
+    h = hashlib.sha256()
+    h.update(json.dumps([study, run_name, row, logged], sort_keys=True, default=str).encode())
+    h.update(hashlib.sha256(weights).digest())
+    for name in sorted(curves):
+        a = np.ascontiguousarray(curves[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
+    """Read and check the train and evaluate stages' outputs of ``study``; no MLflow here.
+
+    A missing or stale input is a ``ParamsError`` (one line, exit 2) that names the file and
+    the stage to run, raised before the store is opened.
     """
-    import torch
-    from mlflow.entities import Metric, Param
-    from tqdm.auto import tqdm
+    import pandas as pd
 
-    cl = client()
-    exp = experiment_id(cl, study)
+    from initlab.io import read_npz
+
+    fix = f"run `dvc repro evaluate@{study}` first"
+    folder, table = paths.trained(study), paths.evaluated(study)
+    for need in (folder / "runs.csv", folder / "curves.npz", table):
+        if not need.exists():
+            raise ParamsError(f"{need} missing; {fix}")
+    runs = pd.read_csv(folder / "runs.csv")
+    evaluated = pd.read_csv(table)
+    if not _same_rows(runs, evaluated):
+        raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
+                          f"was evaluated); {fix}")  # fmt: skip
+    curves = read_npz(folder / "curves.npz")
     st = getattr(params.train, study)
-    commit = git_commit()
     common = _flat_params("", {"train": st.model_dump(exclude={"inits", "losses", "normalize",
                                                                "lr", "seeds", "reproduce"})})
-    max_points = params.tracking.max_points_per_metric
-    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-    run_ids = []
-    for r in tqdm(results, desc=f"mlflow {study}", unit="run",
-                  disable=None if progress is None else not progress):  # fmt: skip
-        v = r.variant
-        tags = {"study": study, "init": v.init, "loss": v.loss, "normalize": v.normalize,
-                "seed": str(v.seed), "lr": f"{v.lr:g}", "variant": v.name,
-                "reproduce": str(v.reproduce).lower(), "git_commit": commit,
-                "diverged": str(bool(r.final["diverged"])).lower()}  # fmt: skip
-        with new_run(cl, exp, run_name=v.run_name, tags=tags) as rid:
-            p = {**common, "init": v.init, "loss": v.loss, "normalize": v.normalize,
-                 "lr": f"{v.lr:g}", "seed": str(v.seed), "reproduce": str(v.reproduce),
-                 **_flat_params("init_spec", params.inits[v.init].model_dump()),
-                 **_flat_params("arch", r.arch)}  # fmt: skip
-            steps = np.arange(len(r.step_loss))
-            epochs = np.arange(len(r.val_loss))
-            now = int(time.time() * 1000)
-            metrics = (
-                series("train_loss_step", r.step_loss, steps, max_points)
-                + series("val_loss", r.val_loss, epochs, max_points)
-                + series("val_accuracy_epoch", r.val_acc, epochs, max_points)
-                + [Metric(k, float(val), now, 0) for k, val in r.final.items()
-                   if isinstance(val, (int, float)) and np.isfinite(val)]
-            )  # fmt: skip
-            log_metrics(cl, rid, metrics, [Param(k, val) for k, val in p.items()])
-            if params.tracking.log_models:
-                log_model(cl, rid, r.module, r.arch, requirements)
-        run_ids.append(rid)
-    return run_ids
+    settings = params.tracking.model_dump()
+    out = []
+    for row, arch_json in zip(evaluated.to_dict("records"), runs["arch"]):
+        name, init = str(row["run_name"]), str(row["init"])
+        weights = folder / "weights" / f"{name}.pt"
+        mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
+        if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
+            raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
+                              f"no weights or curves of {name}; {fix}")  # fmt: skip
+        if init not in params.inits:
+            raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the params' "
+                              f"inits (trained with other params); {fix}")  # fmt: skip
+        arch = json.loads(arch_json)
+        lr, reproduce = float(row["lr"]), bool(row["reproduce"])
+        tags = {"study": study, "init": init, "loss": row["loss"], "normalize": row["normalize"],
+                "seed": str(row["seed"]), "lr": f"{lr:g}", "variant": row["variant"],
+                "reproduce": str(reproduce).lower(),
+                "diverged": str(bool(row["diverged"])).lower()}  # fmt: skip
+        p = {**common, "init": init, "loss": row["loss"], "normalize": row["normalize"],
+             "lr": f"{lr:g}", "seed": str(row["seed"]), "reproduce": str(reproduce),
+             **_flat_params("init_spec", params.inits[init].model_dump()),
+             **_flat_params("arch", arch)}  # fmt: skip
+        metrics = {k: float(v) for k, v in row.items() if k not in IDENTITY and _is_metric(v)}
+        key = run_key(study, name, weights.read_bytes(), row, mine,
+                      {"tags": tags, "params": p, "tracking": settings})  # fmt: skip
+        out.append(TrainedRun(study, name, tags, p, metrics, mine, arch, weights, key))
+    return out
 
 
-def log_test_metrics(run_id: str, metrics: dict[str, float], cl=None) -> bool:
-    """Add the evaluate stage's test metrics to the training run; False if the run is gone."""
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
+def finished_keys(cl, experiment: str) -> dict[str, str]:
+    """``initlab.run_key`` -> run id of the FINISHED runs of ``experiment`` (the latest of equals)."""
+    keys: dict[str, str] = {}
+    token = None
+    while True:
+        page = cl.search_runs([experiment], filter_string="attributes.status = 'FINISHED'",
+                              max_results=SEARCH_PAGE, order_by=["attributes.start_time DESC"],
+                              page_token=token)  # fmt: skip
+        for run in page:
+            key = run.data.tags.get(RUN_KEY_TAG)
+            if key:
+                keys.setdefault(key, run.info.run_id)
+        token = page.token
+        if not token:
+            return keys
 
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)]
-    try:
-        log_metrics(cl or client(), run_id, batch)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+
+def load_module(r: TrainedRun, cache: dict):
+    """``r``'s model from its saved state_dict, in a module built once per architecture."""
+    import torch
+
+    from initlab.models import build_module
+
+    shape = json.dumps(r.arch, sort_keys=True)
+    if shape not in cache:
+        cache[shape] = build_module(**r.arch)  # initialises weights: ~10 ms for Fashion-MNIST's
+    module = cache[shape]
+    module.load_state_dict(torch.load(r.weights, weights_only=True, map_location="cpu"))
+    return module
+
+
+def log_run(cl, experiment: str, r: TrainedRun, commit: str, max_points: int,
+            requirements: list[str] | None, modules: dict | None = None) -> str:  # fmt: skip
+    """One MLflow run for ``r``: tags, one ``log_batch`` (params, curves, metrics), the model
+    when ``requirements`` is given (built in ``modules``, a cache by architecture). Returns the
+    run id; the run ends FINISHED, FAILED or KILLED."""
+    from mlflow.entities import Metric, Param
+
+    tags = {**r.tags, "git_commit": commit, RUN_KEY_TAG: r.key}
+    with new_run_info(cl, experiment, run_name=r.run_name, tags=tags) as info:
+        rid = info.run_id
+        steps = np.arange(len(r.curves["step_loss"]))
+        epochs = np.arange(len(r.curves["val_loss"]))
+        now = int(time.time() * 1000)
+        metrics = (
+            series("train_loss_step", r.curves["step_loss"], steps, max_points)
+            + series("val_loss", r.curves["val_loss"], epochs, max_points)
+            + series("val_accuracy_epoch", r.curves["val_acc"], epochs, max_points)
+            + [Metric(k, v, now, 0) for k, v in r.metrics.items()]
+        )
+        log_metrics(cl, rid, metrics, [Param(k, v) for k, v in r.params.items()])
+        if requirements is not None:
+            module = load_module(r, {} if modules is None else modules)
+            log_model(cl, rid, module, r.arch, requirements, info.artifact_uri)
+    return rid
+
+
+class _Once(logging.Filter):
+    """Pass each distinct message once: MLflow repeats its pickle warning for every model saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
             return False
-        raise
-    return True
+        self.seen.add(msg)
+        return True
+
+
+def _warn_once(logger: str) -> None:
+    log = logging.getLogger(logger)
+    if not any(isinstance(f, _Once) for f in log.filters):
+        log.addFilter(_Once())
+
+
+def _model_requirements() -> list[str]:
+    import torch
+
+    _warn_once("mlflow.pytorch")
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
+                progress: bool | None = None) -> dict:  # fmt: skip
+    """Log every run of ``studies`` not already FINISHED in its study's experiment.
+
+    Returns ``{"runs": {study: {run_name: run_id}}, "logged": n, "skipped": k}``; a skipped run's
+    id is the one already in the store.
+    """
+    from tqdm.auto import tqdm
+
+    requirements: list[str] | None = None  # torch is imported only if a model is logged
+    modules: dict = {}
+    cl = client()
+    commit = git_commit()
+    out: dict = {"runs": {}, "logged": 0, "skipped": 0}
+    total = sum(len(rs) for rs in studies.values())
+    with tqdm(total=total, desc=f"track {next(iter(studies), '')}", unit="run",
+              disable=None if progress is None else not progress) as bar:  # fmt: skip
+        for study, runs in studies.items():
+            bar.set_description(f"track {study}")
+            ids = out["runs"][study] = {}
+            # One `initlab track` at a time per study and store: a second one finds the runs logged.
+            with store_lock(tracking_uri(), name=f"track-{study}"):
+                exp = experiment_id(cl, study)
+                done = finished_keys(cl, exp)
+                for r in runs:
+                    if r.key in done:
+                        ids[r.run_name] = done[r.key]
+                        out["skipped"] += 1
+                    else:
+                        if params.tracking.log_models and requirements is None:
+                            requirements = _model_requirements()
+                        ids[r.run_name] = log_run(cl, exp, r, commit, params.tracking.max_points_per_metric,
+                                                  requirements, modules)  # fmt: skip
+                        out["logged"] += 1
+                    bar.update()
+    return out
