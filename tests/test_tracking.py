@@ -103,11 +103,15 @@ def test_a_killed_or_failed_run_is_logged_again(project):
     assert all(cl.get_run(rid).info.status == "FINISHED" for rid in ids.values())
 
 
-def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(project):
+@pytest.mark.parametrize("saver", [False, True], ids=["one process", "model-saving process"])
+def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(project, monkeypatch, saver):
     import mlflow.pytorch
 
+    import initlab.tracking
     from initlab.models import build_module
 
+    if saver:  # models saved by the second process, as for a whole study
+        monkeypatch.setattr(initlab.tracking, "SAVER_MIN_RUNS", 1)
     ids = track("line")["runs"]["line"]
     cl = client()
     evaluated = pd.read_csv("pipeline/evaluate/line.csv").set_index("run_name")
@@ -128,6 +132,20 @@ def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(projec
         want.load_state_dict(torch.load(f"{LINE}/weights/{name}.pt", weights_only=True))
         with torch.no_grad():
             assert torch.equal(model(x), want(x))
+
+
+def test_a_model_the_saver_cannot_save_fails_every_open_run(project, monkeypatch):
+    import initlab.tracking
+
+    monkeypatch.setattr(initlab.tracking, "SAVER_MIN_RUNS", 1)
+    bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
+    bad.write_bytes(b"not a torch file")
+    result = runner.invoke(app, ["track", "line"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1].startswith("initlab: error: saving a model for MLflow: "), result.output
+    statuses = {r.info.run_name: r.info.status for r in all_runs(client())}
+    assert statuses[bad.stem] == "FAILED" and "RUNNING" not in statuses.values()
+    assert not Path("pipeline/tracking.json").exists()
 
 
 @pytest.mark.parametrize(("remove", "args", "named"), [

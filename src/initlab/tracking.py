@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from initlab.config import Params, ParamsError, Paths
-from initlab.store import deferred_signals, open_client, store_lock
+from initlab.store import StoreError, deferred_signals, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
@@ -239,19 +239,21 @@ def log_model(cl, run_id: str, module, arch: dict, requirements: list[str],
     """
     import tempfile
 
-    import mlflow
-
-    def save(path: str) -> None:
-        mlflow.pytorch.save_model(module, path, serialization_format="pickle",
-                                  signature=model_signature(arch), pip_requirements=requirements)  # fmt: skip
-
     local = local_dir(artifact_uri or cl.get_run(run_id).info.artifact_uri)
     if local is not None:
-        save(str(local / "model"))
+        save_model(module, str(local / "model"), arch, requirements)
         return
     with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-        save(f"{tmp}/model")
+        save_model(module, f"{tmp}/model", arch, requirements)
         cl.log_artifacts(run_id, f"{tmp}/model", "model")
+
+
+def save_model(module, path: str, arch: dict, requirements: list[str]) -> None:
+    """``mlflow.pytorch.save_model`` with the signature and requirements given, not inferred."""
+    import mlflow.pytorch
+
+    mlflow.pytorch.save_model(module, path, serialization_format="pickle",
+                              signature=model_signature(arch), pip_requirements=requirements)  # fmt: skip
 
 
 def _flat_params(prefix: str, obj) -> dict[str, str]:
@@ -395,30 +397,35 @@ def load_module(r: TrainedRun, cache: dict):
     return module
 
 
+def run_contents(r: TrainedRun, commit: str, max_points: int) -> tuple[dict, list, list]:
+    """``r``'s tags, metrics (curves strided to ``max_points``, final, test) and params."""
+    from mlflow.entities import Metric, Param
+
+    tags = {**r.tags, "git_commit": commit, RUN_KEY_TAG: r.key}
+    steps = np.arange(len(r.curves["step_loss"]))
+    epochs = np.arange(len(r.curves["val_loss"]))
+    now = int(time.time() * 1000)
+    metrics = (
+        series("train_loss_step", r.curves["step_loss"], steps, max_points)
+        + series("val_loss", r.curves["val_loss"], epochs, max_points)
+        + series("val_accuracy_epoch", r.curves["val_acc"], epochs, max_points)
+        + [Metric(k, v, now, 0) for k, v in r.metrics.items()]
+    )
+    return tags, metrics, [Param(k, v) for k, v in r.params.items()]
+
+
 def log_run(cl, experiment: str, r: TrainedRun, commit: str, max_points: int,
             requirements: list[str] | None, modules: dict | None = None) -> str:  # fmt: skip
     """One MLflow run for ``r``: tags, one ``log_batch`` (params, curves, metrics), the model
     when ``requirements`` is given (built in ``modules``, a cache by architecture). Returns the
     run id; the run ends FINISHED, FAILED or KILLED."""
-    from mlflow.entities import Metric, Param
-
-    tags = {**r.tags, "git_commit": commit, RUN_KEY_TAG: r.key}
+    tags, metrics, params = run_contents(r, commit, max_points)
     with new_run_info(cl, experiment, run_name=r.run_name, tags=tags) as info:
-        rid = info.run_id
-        steps = np.arange(len(r.curves["step_loss"]))
-        epochs = np.arange(len(r.curves["val_loss"]))
-        now = int(time.time() * 1000)
-        metrics = (
-            series("train_loss_step", r.curves["step_loss"], steps, max_points)
-            + series("val_loss", r.curves["val_loss"], epochs, max_points)
-            + series("val_accuracy_epoch", r.curves["val_acc"], epochs, max_points)
-            + [Metric(k, v, now, 0) for k, v in r.metrics.items()]
-        )
-        log_metrics(cl, rid, metrics, [Param(k, v) for k, v in r.params.items()])
+        log_metrics(cl, info.run_id, metrics, params)
         if requirements is not None:
             module = load_module(r, {} if modules is None else modules)
-            log_model(cl, rid, module, r.arch, requirements, info.artifact_uri)
-    return rid
+            log_model(cl, info.run_id, module, r.arch, requirements, info.artifact_uri)
+    return info.run_id
 
 
 class _Once(logging.Filter):
@@ -449,39 +456,186 @@ def _model_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}"]
 
 
+# Models are saved by a second process when at least this many runs may need logging: it pays
+# ~3 s of start-up (Python, torch, mlflow), overlapped with this process's own.
+SAVER_MIN_RUNS = 24
+
+
 def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
-                progress: bool | None = None) -> dict:  # fmt: skip
+                progress: bool | None = None, processes: int | None = None) -> dict:  # fmt: skip
     """Log every run of ``studies`` not already FINISHED in its study's experiment.
+
+    With two or more cores, ``SAVER_MIN_RUNS`` runs or more and a local artifact store, the two
+    halves of a run's cost go to two processes: this one writes the store (create the run, one
+    ``log_batch``, end it: ~35 ms of SQLAlchemy ORM work), while ``_Saver``, a process started
+    first so its imports overlap this one's, loads each model's weights and saves it in MLflow's
+    pytorch format into the run's artifact folder (~17 ms of torch and YAML). A run is ended
+    FINISHED once its model is saved. Only this process touches SQLite: two writers would queue
+    on its lock. Ctrl-C, SIGTERM or an error ends every open run KILLED or FAILED and stops the
+    saver. Otherwise (one core, few runs, a remote artifact store) each run is logged whole here.
 
     Returns ``{"runs": {study: {run_name: run_id}}, "logged": n, "skipped": k}``; a skipped run's
     id is the one already in the store.
     """
     from tqdm.auto import tqdm
 
-    requirements: list[str] | None = None  # torch is imported only if a model is logged
-    modules: dict = {}
-    cl = client()
-    commit = git_commit()
-    out: dict = {"runs": {}, "logged": 0, "skipped": 0}
     total = sum(len(rs) for rs in studies.values())
-    with tqdm(total=total, desc=f"track {next(iter(studies), '')}", unit="run",
-              disable=None if progress is None else not progress) as bar:  # fmt: skip
-        for study, runs in studies.items():
-            bar.set_description(f"track {study}")
-            ids = out["runs"][study] = {}
-            # One `initlab track` at a time per study and store: a second one finds the runs logged.
-            with store_lock(tracking_uri(), name=f"track-{study}"):
+    processes = processes or min(2, os.cpu_count() or 1)
+    log_models, max_points = params.tracking.log_models, params.tracking.max_points_per_metric
+    saver = _Saver() if log_models and processes > 1 and total >= SAVER_MIN_RUNS else None
+    waiting: dict[int, str] = {}  # runs RUNNING until the saver has saved their model
+    cl = None
+    status = "FAILED"
+    try:
+        cl = client()
+        commit = git_commit()
+        out: dict = {"runs": {}, "logged": 0, "skipped": 0}
+        todo: list[tuple[str, str, TrainedRun]] = []
+        with contextlib.ExitStack() as locks, tqdm(
+            total=total, desc=f"track {next(iter(studies), '')}", unit="run",
+            disable=None if progress is None else not progress,
+        ) as bar:  # fmt: skip
+            for study, runs in studies.items():
+                bar.set_description(f"track {study}")
+                # One `initlab track` at a time per study and store: a second finds the runs logged.
+                locks.enter_context(store_lock(tracking_uri(), name=f"track-{study}"))
                 exp = experiment_id(cl, study)
                 done = finished_keys(cl, exp)
+                out["runs"][study] = {}
                 for r in runs:
                     if r.key in done:
-                        ids[r.run_name] = done[r.key]
+                        out["runs"][study][r.run_name] = done[r.key]
                         out["skipped"] += 1
+                        bar.update()
                     else:
-                        if params.tracking.log_models and requirements is None:
-                            requirements = _model_requirements()
-                        ids[r.run_name] = log_run(cl, exp, r, commit, params.tracking.max_points_per_metric,
-                                                  requirements, modules)  # fmt: skip
-                        out["logged"] += 1
-                    bar.update()
-    return out
+                        todo.append((study, exp, r))
+            if saver is not None and len(todo) < SAVER_MIN_RUNS:
+                saver.stop()
+                saver = None
+            requirements: list[str] | None = None  # torch is imported here only if needed
+            modules: dict = {}
+
+            def finish(i: int) -> None:
+                study, _, r = todo[i]
+                rid = waiting.pop(i)
+                end_run(cl, rid, "FINISHED")
+                out["runs"][study][r.run_name] = rid
+                out["logged"] += 1
+                bar.update()
+
+            for i, (study, exp, r) in enumerate(todo):
+                if i == 0 or study != todo[i - 1][0]:
+                    bar.set_description(f"track {study}")
+                tags, metrics, run_params = run_contents(r, commit, max_points)
+                with deferred_signals():  # no signal between the run's creation and `waiting`
+                    info = cl.create_run(exp, run_name=r.run_name, tags=tags).info
+                    waiting[i] = info.run_id
+                log_metrics(cl, info.run_id, metrics, run_params)
+                local = local_dir(info.artifact_uri) if log_models else None
+                if saver is not None and local is not None:
+                    saver.save(i, r, str(local / "model"))
+                elif log_models:
+                    requirements = requirements or _model_requirements()
+                    log_model(cl, info.run_id, load_module(r, modules), r.arch, requirements,
+                              info.artifact_uri)  # fmt: skip
+                    finish(i)
+                else:
+                    finish(i)
+                for j in saver.saved() if saver is not None else ():
+                    finish(j)
+            if saver is not None:
+                for j in saver.saved(until_done=True):
+                    finish(j)
+                saver = None
+        status = "FINISHED"
+        return out
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        with deferred_signals():  # end every open run, even if a second signal comes
+            if saver is not None:
+                saver.stop()
+            for rid in waiting.values():
+                end_run(cl, rid, status)
+
+
+class _Saver:
+    """A process that saves models into runs' artifact folders, given them one by one."""
+
+    def __init__(self) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # a fresh interpreter: forking a process that holds
+        self.jobs, self.done = ctx.Queue(), ctx.Queue()  # SQLite connections is unsafe
+        self.jobs.cancel_join_thread()  # a saver stopped before reading every job must not hang us
+        self.sent = self.received = 0
+        self.proc = ctx.Process(target=_saver_main, name="initlab-model-saver", daemon=True,
+                                args=(self.jobs, self.done))  # fmt: skip
+        self.proc.start()
+
+    def save(self, i: int, r: TrainedRun, path: str) -> None:
+        self.jobs.put((i, str(r.weights), r.arch, path))  # a feeder thread sends it: no waiting
+        self.sent += 1
+
+    def saved(self, until_done: bool = False) -> Iterator[int]:
+        """Indices whose model is saved; with ``until_done``, until every one sent is."""
+        import queue
+
+        if until_done:
+            self.jobs.put(None)
+        while not until_done or self.received < self.sent:
+            try:
+                msg = self.done.get(timeout=0.2) if until_done else self.done.get_nowait()
+            except queue.Empty:
+                if not until_done:
+                    return
+                if not self.proc.is_alive():
+                    raise StoreError(f"the model-saving process exited {self.proc.exitcode} "
+                                     "before it was done") from None  # fmt: skip
+                continue
+            if msg[0] == "error":
+                raise StoreError(f"saving a model for MLflow: {msg[1]}")
+            self.received += 1
+            yield msg[1]
+        if until_done:
+            self.proc.join(timeout=60)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for it to exit."""
+        if self.proc.is_alive():
+            self.proc.terminate()
+        self.proc.join(timeout=120)
+        if self.proc.is_alive():  # pragma: no cover - stuck: do not leave it behind
+            self.proc.kill()
+            self.proc.join()
+
+
+def _saver_main(jobs, done) -> None:
+    """``_Saver``'s process: import torch and MLflow first, then save models until told to stop."""
+    job = None
+    try:
+        with sigterm_raises():
+            import torch
+            from mlflow.exceptions import MlflowException  # noqa: F401 - imports mlflow now
+
+            requirements = _model_requirements()
+            modules: dict = {}
+            while (job := jobs.get()) is not None:
+                i, weights, arch, path = job
+                shape = json.dumps(arch, sort_keys=True)
+                if shape not in modules:
+                    from initlab.models import build_module
+
+                    modules[shape] = build_module(**arch)
+                module = modules[shape]
+                module.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+                save_model(module, path, arch, requirements)
+                done.put(("saved", i))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BaseException as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's load errors run to a page
+        where = f"{job[1]}: " if job else ""
+        done.put(("error", f"{where}{type(exc).__name__}: {first}"))
+        raise SystemExit(1) from None
