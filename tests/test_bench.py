@@ -28,3 +28,14 @@ def test_summary_prints_each_target_with_its_ratio():
     text = "\n".join(bench.summary_lines(r))
     for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s"):
         assert part in text
+
+
+def test_summary_names_the_fastest_of_repeated_runs():
+    r = {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
+         "seed_loop": {"seconds": 15.0, "all_seconds": [15.0, 16.2]},
+         "initlab": {"seconds_per_model": 1.0, "models": 28, "seconds": 28.0,
+                     "all_seconds": [30.1, 28.0]},
+         "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
+         "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6}  # fmt: skip
+    text = "\n".join(bench.summary_lines(r))
+    assert "(fastest of 2: 15.0, 16.2 s)" in text and "(fastest of 2: 30.1, 28.0 s)" in text

@@ -192,8 +192,13 @@ def machine() -> dict:
 
 
 def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
-              progress=print) -> dict:  # fmt: skip
-    """All measurements, in one process, one after the other; returns the figures."""
+              progress=print, repeats: int = 2) -> dict:  # fmt: skip
+    """All measurements, in one process, one after the other; returns the figures.
+
+    (a) and (b) are each timed ``repeats`` times, alternately, and the fastest of each is kept,
+    as ``timeit`` does: on a shared 2-core machine a run is only ever slowed, by as much as 15 %
+    here, and taking the minimum of both sides keeps the ratio fair. Every time is in the JSON.
+    """
     from initlab.train import keep_freed_memory
 
     keep_freed_memory()
@@ -202,10 +207,14 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
     progress("(c) float32 GEMM rate ...")
     gemm_before = gemm_gflops()
-    progress("(a) seed 001's loop, one model ...")
-    a = seed_loop(paths.raw("fashion_mnist"))
-    progress("(b) initlab's trainer, one group ...")
-    b = initlab_per_model(params, paths, device=device)
+    runs_a, runs_b = [], []
+    for i in range(repeats):  # interleaved, so that a slow spell of the machine hits both
+        progress(f"(a) seed 001's loop, one model ({i + 1}/{repeats}) ...")
+        runs_a.append(seed_loop(paths.raw("fashion_mnist")))
+        progress(f"(b) initlab's trainer, one group ({i + 1}/{repeats}) ...")
+        runs_b.append(initlab_per_model(params, paths, device=device))
+    a = {**min(runs_a, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_a]}
+    b = {**min(runs_b, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b]}
     gemm_after = gemm_gflops()
     gemm = max(gemm_before, gemm_after)
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
@@ -225,12 +234,18 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     return out
 
 
+def _of(run: dict) -> str:
+    times = run.get("all_seconds", [])
+    return f" (fastest of {len(times)}: {', '.join(f'{t:.1f}' for t in times)} s)" if len(times) > 1 else ""
+
+
 def summary_lines(r: dict) -> list[str]:
     lines = [
         f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}",
-        f"(a) seed 001 loop:        {r['seed_loop']['seconds']:.2f} s per model",
+        f"(a) seed 001 loop:        {r['seed_loop']['seconds']:.2f} s per model"
+        + _of(r["seed_loop"]),
         f"(b) initlab trainer:      {r['initlab']['seconds_per_model']:.2f} s per model "
-        f"({r['initlab']['models']} models in {r['initlab']['seconds']:.1f} s)",
+        f"({r['initlab']['models']} models in {r['initlab']['seconds']:.1f} s)" + _of(r["initlab"]),
         f"    speed-up (a)/(b):     {r['speedup']:.1f}x   (target >= 12x)",
         f"(c) float32 GEMM:         {r['gemm_gflops']['best']:.0f} GFLOP/s",
         f"    (b) achieves:         {r['initlab_gflops']:.0f} GFLOP/s = "
