@@ -186,3 +186,11 @@ def test_train_and_evaluate_do_not_import_mlflow(project, tmp_path):
     assert "mlflow_run_id" not in pd.read_csv(f"{LINE}/runs.csv").columns
     assert not (tmp_path / "mlflow.db").exists() and not list(Path("pipeline/evaluate").glob("*.timing.json"))
     assert np.isfinite(pd.read_csv("pipeline/evaluate/line.csv")["test_accuracy"]).all()
+
+
+def test_evaluate_without_a_trained_study_is_one_line_naming_the_stage(project):
+    shutil.rmtree(LINE)
+    result = runner.invoke(app, ["evaluate", "line"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1
+    assert f"{LINE}/runs.csv missing; run `dvc repro train@line` first" in result.output

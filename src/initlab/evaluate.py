@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from initlab.config import Paths
+from initlab.config import ParamsError, Paths
 from initlab.data import load_split
 from initlab.io import atomic_path, write_json
 from initlab.models import build_module
@@ -18,7 +18,10 @@ from initlab.train import predictions, targets
 
 def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFrame:
     """Test loss, accuracy and per-class accuracy of each run in ``pipeline/train/<study>``."""
-    runs = pd.read_csv(paths.trained(study) / "runs.csv")
+    table = paths.trained(study) / "runs.csv"
+    if not table.exists():
+        raise ParamsError(f"{table} missing; run `dvc repro train@{study}` first")
+    runs = pd.read_csv(table)
     cache: dict[str, tuple] = {}
     rows = []
     for run in runs.itertuples(index=False):
