@@ -194,3 +194,16 @@ def test_evaluate_without_a_trained_study_is_one_line_naming_the_stage(project):
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1
     assert f"{LINE}/runs.csv missing; run `dvc repro train@line` first" in result.output
+
+
+def test_an_interruption_swallowed_by_a_destructor_is_raised_at_the_next_check():
+    from initlab.tracking import Terminated, raise_if_interrupted, sigterm_raises
+
+    class Collected:  # SQLAlchemy's weakref callbacks are where a real SIGTERM was swallowed
+        def __del__(self):
+            raise Terminated("signal 15")
+
+    with pytest.raises(Terminated), sigterm_raises():
+        Collected()  # its exception goes to sys.unraisablehook, not to this frame
+        raise_if_interrupted()
+        pytest.fail("the swallowed SIGTERM was not raised")

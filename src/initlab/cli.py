@@ -125,7 +125,7 @@ def train(
     track` logs the runs).
     """
     from initlab.io import atomic_path, write_json
-    from initlab.tracking import sigterm_raises
+    from initlab.tracking import raise_if_interrupted, sigterm_raises
     from initlab.train import save_results, train_study
 
     p = load_params(params)
@@ -134,6 +134,7 @@ def train(
     with sigterm_raises():
         results = train_study(p, study.value, Paths(), dev)
         seconds = time.perf_counter() - t0
+        raise_if_interrupted()
         with atomic_path(Paths().trained(study.value)) as out:
             save_results(results, out)
             write_json(out / "timing.json", {"models": len(results), "train_seconds": seconds})
@@ -181,7 +182,7 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.io import write_json
-    from initlab.tracking import log_studies, sigterm_raises, tracking_uri, trained_runs
+    from initlab.tracking import log_studies, raise_if_interrupted, sigterm_raises, tracking_uri, trained_runs
 
     p = load_params(params)
     paths = Paths()
@@ -191,6 +192,7 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
         out = log_studies(p, runs)
         out["mlflow_seconds"] = time.perf_counter() - t0
         out["tracking_uri"] = tracking_uri()
+        raise_if_interrupted()
         write_json(paths.tracked, out)
     typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
                f"{out['mlflow_seconds']:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip

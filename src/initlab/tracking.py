@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,16 +123,40 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so cleanup runs as it does for Ctrl-C."""
 
 
+_SWALLOWED: list[BaseException] = []
+
+
+def raise_if_interrupted() -> None:
+    """Raise the Ctrl-C or SIGTERM that Python swallowed: raised inside a ``__del__`` or weakref
+    callback (SQLAlchemy's, at garbage collection), it is only reported as unraisable."""
+    if _SWALLOWED:
+        raise _SWALLOWED.pop()
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated``; an interruption swallowed as unraisable is kept, silently,
+    and raised at the next ``raise_if_interrupted`` (each run logged, before outputs are written)
+    or at the end of the block."""
+
     def handler(signum, frame):
         raise Terminated(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def unraisable(u) -> None:
+        if isinstance(u.exc_value, KeyboardInterrupt):
+            _SWALLOWED.append(u.exc_value)
+        else:
+            hook(u)
+
+    _SWALLOWED.clear()
+    previous, hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
+        raise_if_interrupted()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
 
 
 def end_run(cl, run_id: str, status: str) -> None:
@@ -524,6 +549,7 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
                 bar.update()
 
             for i, (study, exp, r) in enumerate(todo):
+                raise_if_interrupted()
                 if i == 0 or study != todo[i - 1][0]:
                     bar.set_description(f"track {study}")
                 tags, metrics, run_params = run_contents(r, commit, max_points)
