@@ -408,17 +408,17 @@ def finished_keys(cl, experiment: str) -> dict[str, str]:
             return keys
 
 
-def load_module(r: TrainedRun, cache: dict):
-    """``r``'s model from its saved state_dict, in a module built once per architecture."""
+def load_module(weights: Path | str, arch: dict, cache: dict):
+    """A model from its saved state_dict, in a module built once per architecture."""
     import torch
 
     from initlab.models import build_module
 
-    shape = json.dumps(r.arch, sort_keys=True)
+    shape = json.dumps(arch, sort_keys=True)
     if shape not in cache:
-        cache[shape] = build_module(**r.arch)  # initialises weights: ~10 ms for Fashion-MNIST's
+        cache[shape] = build_module(**arch)  # initialises weights: ~10 ms for Fashion-MNIST's
     module = cache[shape]
-    module.load_state_dict(torch.load(r.weights, weights_only=True, map_location="cpu"))
+    module.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
     return module
 
 
@@ -448,7 +448,7 @@ def log_run(cl, experiment: str, r: TrainedRun, commit: str, max_points: int,
     with new_run_info(cl, experiment, run_name=r.run_name, tags=tags) as info:
         log_metrics(cl, info.run_id, metrics, params)
         if requirements is not None:
-            module = load_module(r, {} if modules is None else modules)
+            module = load_module(r.weights, r.arch, {} if modules is None else modules)
             log_model(cl, info.run_id, module, r.arch, requirements, info.artifact_uri)
     return info.run_id
 
@@ -562,7 +562,7 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
                     saver.save(i, r, str(local / "model"))
                 elif log_models:
                     requirements = requirements or _model_requirements()
-                    log_model(cl, info.run_id, load_module(r, modules), r.arch, requirements,
+                    log_model(cl, info.run_id, load_module(r.weights, r.arch, modules), r.arch, requirements,
                               info.artifact_uri)  # fmt: skip
                     finish(i)
                 else:
@@ -642,21 +642,14 @@ def _saver_main(jobs, done) -> None:
     job = None
     try:
         with sigterm_raises():
-            import torch
-            from mlflow.exceptions import MlflowException  # noqa: F401 - imports mlflow now
+            import torch  # noqa: F401 - imported now, while the other process opens the store
+            from mlflow.exceptions import MlflowException  # noqa: F401 - and mlflow
 
             requirements = _model_requirements()
             modules: dict = {}
             while (job := jobs.get()) is not None:
                 i, weights, arch, path = job
-                shape = json.dumps(arch, sort_keys=True)
-                if shape not in modules:
-                    from initlab.models import build_module
-
-                    modules[shape] = build_module(**arch)
-                module = modules[shape]
-                module.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-                save_model(module, path, arch, requirements)
+                save_model(load_module(weights, arch, modules), path, arch, requirements)
                 done.put(("saved", i))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
