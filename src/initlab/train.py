@@ -115,14 +115,6 @@ class GroupLoss:
         return (cat, torch.cat(accs)[self.inverse]) if y is not None else cat
 
 
-def _evaluate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss):
-    model.eval()
-    with torch.no_grad():
-        losses, acc = group_loss(model(x), group_loss.targets(y), y)
-    model.train()
-    return losses, acc
-
-
 def keep_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MiB for reuse instead of unmapping them.
 
@@ -142,11 +134,9 @@ class Stopped(Exception):
     """A stack's training was stopped because another failed or the process was interrupted."""
 
 
-def _validate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048):
-    """``_evaluate`` over row chunks: a 12,000-image split of 14 models is 172 MB of first-layer
-    activations at once, 24 MB per 2,048 rows."""
-    if x.shape[-2] <= rows:
-        return _evaluate(model, x, y, group_loss)
+def _evaluate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048):
+    """Per-model losses and accuracies on ``x``, in row chunks: a 12,000-image split of 14 models
+    is 172 MB of first-layer activations at once, 24 MB per 2,048 rows."""
     model.eval()
     with torch.no_grad():
         out = torch.cat([model(x[..., i : i + rows, :]) for i in range(0, x.shape[-2], rows)], 1)
@@ -218,14 +208,14 @@ def train_group(
             diverged_at[bad] = first[bad]
             alive &= ~bad
         if (epoch + 1) % val_every == 0 or epoch == st.epochs - 1:
-            vl, va = _validate(model, data["x_val"], data["y_val"], group_loss)
+            vl, va = _evaluate(model, data["x_val"], data["y_val"], group_loss)
             val_loss[epoch], val_acc[epoch] = vl.cpu(), va.cpu()
         if progress is not None:
             progress.update(M)
         if not alive.any():
             break
     if st.eval_train:
-        tl, ta = _validate(model, x, y, group_loss)
+        tl, ta = _evaluate(model, x, y, group_loss)
     else:
         tl = ta = torch.full((M,), float("nan"))
     model = model.cpu()
@@ -371,10 +361,11 @@ def stacks_for(st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_
     flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * min(st.batch_size or n, n)
     steps = st.epochs * -(-n // (st.batch_size or n))
     workers = torch.get_num_threads() if device == "cpu" else 1
-    stacks = []
-    for chunk in split_group(group, flops, workers):
-        idx = [group.index(v) for v in chunk]
-        stacks.append(Stack(chunk, chunk_data(data, idx, len(group)), flops * len(chunk), steps))
+    stacks, start = [], 0
+    for chunk in split_group(group, flops, workers):  # contiguous parts, in order
+        part = chunk_data(data, start, start + len(chunk), len(group))
+        stacks.append(Stack(chunk, part, flops * len(chunk), steps))
+        start += len(chunk)
     return stacks
 
 
@@ -388,14 +379,14 @@ def split_group(group: list[Variant], flops_per_model_step: float, workers: int)
     return [group[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def chunk_data(data: dict[str, Tensor], idx: list[int], m_group: int) -> dict[str, Tensor]:
-    """The inputs of models ``idx`` of a group: shared inputs as they are, per-model ones sliced."""
-    if len(idx) == m_group:
+def chunk_data(data: dict[str, Tensor], a: int, b: int, m_group: int) -> dict[str, Tensor]:
+    """The inputs of models ``a:b`` of a group: shared inputs as they are, per-model ones sliced."""
+    if b - a == m_group:
         return data
     out = dict(data)
     for key in ("x_train", "x_val"):
         if out[key].dim() == 3:
-            out[key] = out[key][idx[0] : idx[-1] + 1]
+            out[key] = out[key][a:b]
     return out
 
 
