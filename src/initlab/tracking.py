@@ -439,20 +439,6 @@ def run_contents(r: TrainedRun, commit: str, max_points: int) -> tuple[dict, lis
     return tags, metrics, [Param(k, v) for k, v in r.params.items()]
 
 
-def log_run(cl, experiment: str, r: TrainedRun, commit: str, max_points: int,
-            requirements: list[str] | None, modules: dict | None = None) -> str:  # fmt: skip
-    """One MLflow run for ``r``: tags, one ``log_batch`` (params, curves, metrics), the model
-    when ``requirements`` is given (built in ``modules``, a cache by architecture). Returns the
-    run id; the run ends FINISHED, FAILED or KILLED."""
-    tags, metrics, params = run_contents(r, commit, max_points)
-    with new_run_info(cl, experiment, run_name=r.run_name, tags=tags) as info:
-        log_metrics(cl, info.run_id, metrics, params)
-        if requirements is not None:
-            module = load_module(r.weights, r.arch, {} if modules is None else modules)
-            log_model(cl, info.run_id, module, r.arch, requirements, info.artifact_uri)
-    return info.run_id
-
-
 class _Once(logging.Filter):
     """Pass each distinct message once: MLflow repeats its pickle warning for every model saved."""
 
