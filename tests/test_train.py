@@ -11,6 +11,7 @@ import torch
 
 import initlab.train as train_mod
 from initlab.config import Variant
+from initlab.models import DropoutStreams, StackedMLP
 from initlab.optim import StackedAdam, StackedSGD
 from initlab.train import (
     Stack,
@@ -89,6 +90,61 @@ def test_stacked_models_equal_models_trained_alone(params, small_root):
         np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
         for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_each_stacked_model_is_its_standalone_module(params, batchnorm):
+    """``to_module(m)`` computes what the stack computes for model m, for wide layers (stored
+    transposed) and narrow ones (stored as nn.Linear's), and it holds the weights drawn for m."""
+    sizes = [6, 40, 8, 3]  # wide, narrow, narrow
+    stack = StackedMLP(3, sizes, "tanh", dropout=0.5, batchnorm_input=batchnorm, head="softmax")
+    inits = [params.inits[n] for n in ("xavier_normal", "kaiming_uniform_in", "uniform")]
+    stack.initialise(inits, [torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    stack.eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    out = stack(x)
+    for m, spec in enumerate(inits):
+        module = stack.to_module(m)
+        torch.testing.assert_close(module(x), out[m], rtol=1e-6, atol=1e-6)
+        alone = StackedMLP(1, sizes, "tanh", 0.5, batchnorm, "softmax")
+        alone.initialise([spec], [torch.Generator().manual_seed(m + 1)])
+        for a, b in zip(module.state_dict().values(), alone.to_module(0).state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dropout_masks_are_their_seeds_stream():
+    """A model's masks depend on its seed alone: models of one seed share them, another seed's
+    differ, a stack of one draws what the stack of three draws for it; nn.Dropout's rate and scale."""
+    three = DropoutStreams([3, 3, 5])
+
+    def steps(streams):  # 4 steps: (4, models, 200, 50)
+        return torch.stack([streams.mask((200, 50), 0.2) for _ in range(4)])
+
+    m3 = steps(three)
+    alone = [steps(DropoutStreams([3])), steps(DropoutStreams([5]))]
+    torch.testing.assert_close(m3[:, 0], m3[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(m3[:, 0:1], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(m3[:, 2:3], alone[1], rtol=0, atol=0)
+    assert not torch.equal(m3[:, 0], m3[:, 2]) and not torch.equal(m3[0], m3[1])  # seeds, steps
+    assert set(m3.unique().tolist()) == {0.0, 1.25}
+    assert (m3 > 0).float().mean().item() == pytest.approx(0.8, abs=0.01)
+    # Not the init stream: the first mask is not seed 3's first uniform draws.
+    first = torch.rand(200, 50, generator=torch.Generator().manual_seed(3)).lt(0.8) * 1.25
+    assert not torch.equal(m3[0, 0], first)
+
+
+def test_a_group_of_mixed_seeds_equals_its_models_alone(params, small_root):
+    """Full-batch models of different seeds share a group; each keeps its own seed's dropout."""
+    st = params.train.circles.model_copy(update={
+        "epochs": 20, "batch_size": None, "model": params.train.circles.model.model_copy(
+            update={"hidden": [8], "dropout": 0.3, "activation": "relu"})})  # fmt: skip
+    group = [Variant("circles", "xavier_normal", "bce_logits", "none", 0.1, s) for s in (1, 2, 1)]
+    data = load_study_data("circles", "none", small_root, "cpu", False)
+    together = train_group(st, group, params.inits, data, 2)
+    assert not np.allclose(together[0].step_loss, together[1].step_loss)
+    for v, r in zip(group, together):
+        alone = train_group(st, [v], params.inits, data, 2)[0]
+        np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
 
 
 def test_divergence_is_a_result_not_a_crash(params, small_root):

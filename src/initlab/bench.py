@@ -192,7 +192,7 @@ def machine() -> dict:
 
 
 def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
-              progress=print, repeats: int = 2) -> dict:  # fmt: skip
+              progress=print, repeats: int = 3) -> dict:  # fmt: skip
     """All measurements, in one process, one after the other; returns the figures.
 
     (a) and (b) are each timed ``repeats`` times, alternately, and the fastest of each is kept,

@@ -213,7 +213,7 @@ BenchOut = typer.Option(Path("reports/bench.json"), help="Where to write the fig
 BenchPipeline = typer.Option(True, help="Also time a full `dvc repro` from clean in a temporary "
                              "copy of the project, and a no-op one (minutes).")
 BenchDevice = typer.Option("cpu", help="Device for initlab's trainer.")
-BenchRepeats = typer.Option(2, min=1, help="Time (a) and (b) this many times each, alternately; "
+BenchRepeats = typer.Option(3, min=1, help="Time (a) and (b) this many times each, alternately; "
                             "the fastest of each counts (all are in --out).")
 
 
