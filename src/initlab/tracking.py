@@ -17,9 +17,10 @@ SIGTERM, so no run is ever left RUNNING. Two pipelines may log to one SQLite sto
 ``initlab.store`` creates a new store in one process and holds signals during a run's creation
 and end; WAL mode and a busy timeout let their writes wait for each other.
 
-A run costs four store calls: ``create_run`` (with its tags), one ``log_batch`` (params, metrics),
-``log_artifacts`` (the model) and ``set_terminated``; a study one ``search_runs`` (paged). On
-SQLite the per-row ORM work of ``log_batch`` is what remains; the full curves are in
+A run costs three store calls: ``create_run`` (with its tags), one ``log_batch`` (params,
+metrics) and ``set_terminated``; its model is saved straight into the run's local artifact folder
+(``log_artifacts`` for a remote one); a study costs one ``search_runs`` (paged). On SQLite the
+per-row ORM work of ``log_batch`` is what remains; the full curves are in
 ``pipeline/train/<study>/curves.npz``.
 """
 
@@ -187,24 +188,17 @@ def run_guard(cl, run_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def new_run_info(cl, experiment: str, **kwargs) -> Iterator:
-    """``cl.create_run(experiment, **kwargs)`` inside ``run_guard``; yields the run's ``RunInfo``.
+def new_run(cl, experiment: str, **kwargs) -> Iterator[str]:
+    """``cl.create_run(experiment, **kwargs)`` inside ``run_guard``; yields the run id.
 
     Signals are held from the run's creation until the guard is in place, so no interruption
     leaves a run that nobody ends.
     """
     with contextlib.ExitStack() as stack:
         with deferred_signals():
-            info = cl.create_run(experiment, **kwargs).info
-            stack.enter_context(run_guard(cl, info.run_id))
-        yield info  # a signal held above was raised as its `with` ended: inside the guard
-
-
-@contextlib.contextmanager
-def new_run(cl, experiment: str, **kwargs) -> Iterator[str]:
-    """``new_run_info``, yielding the run id."""
-    with new_run_info(cl, experiment, **kwargs) as info:
-        yield info.run_id
+            run_id = cl.create_run(experiment, **kwargs).info.run_id
+            stack.enter_context(run_guard(cl, run_id))
+        yield run_id  # a signal held above was raised as its `with` ended: inside the guard
 
 
 def series(key: str, values: np.ndarray, steps: np.ndarray, max_points: int):
