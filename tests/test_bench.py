@@ -39,3 +39,16 @@ def test_summary_names_the_fastest_of_repeated_runs():
          "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6}  # fmt: skip
     text = "\n".join(bench.summary_lines(r))
     assert "(fastest of 2: 15.0, 16.2 s)" in text and "(fastest of 2: 30.1, 28.0 s)" in text
+
+
+def test_summary_names_the_median_of_repeated_track_timings():
+    r = {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
+         "seed_loop": {"seconds": 15.0}, "initlab": {"seconds_per_model": 1.0, "models": 14,
+                                                    "seconds": 14.0},
+         "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
+         "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
+         "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, "mlflow_seconds": 9.5,
+                      "mlflow_all_seconds": [11.0, 9.5, 9.1], "mlflow_share_of_training": 9.5 / 120,
+                      "train_seconds": 120.0}}  # fmt: skip
+    line = next(x for x in bench.summary_lines(r) if x.startswith("MLflow"))
+    assert "9.5 s (median of 3: 11.0, 9.5, 9.1 s) = 7.9% of 120 s training" in line, line

@@ -17,8 +17,9 @@ nobody needs, so the work it does is less than that count; both are reported.
 
 Optionally (``--pipeline``) it copies the project to a temporary folder and times a full
 ``dvc repro`` from clean (data read from ``INITLAB_DATA_MIRROR`` or the network) and a no-op one,
-and MLflow's share of training time: the ``track`` stage's wall time (``pipeline/tracking.json``)
-over the train stages' (``pipeline/train/*/timing.json``).
+and MLflow's share of training time: the ``track`` stage's wall time (``pipeline/tracking.json``;
+the median of the repro's and of ``--repeats`` - 1 more onto new stores) over the train stages'
+(``pipeline/train/*/timing.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,9 +145,15 @@ def executed_flops_per_sample(sizes: list[int]) -> int:
     return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
 
 
-def time_pipeline(project: Path, env: dict[str, str]) -> dict:
+def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, progress=print) -> dict:
     """Full ``dvc repro`` from clean in a copy of ``project``, then a no-op ``dvc repro``; training
-    seconds per study and the ``track`` stage's MLflow seconds, from the full one."""
+    seconds per study, from the full one, and the ``track`` stage's MLflow seconds.
+
+    MLflow's seconds are the median of ``track_repeats`` timings of the same ``initlab track``:
+    the full repro's, then ``track_repeats - 1`` more onto new stores (each a new SQLite file,
+    as the repro's was). One ``track`` run moves by 10-25 % on this machine, and the share is a
+    target of its own; the median, unlike the fastest, does not favour it. Every time is kept.
+    """
     with tempfile.TemporaryDirectory(prefix="initlab-bench-") as tmp:
         root = Path(tmp) / "project"
         files = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True,
@@ -170,9 +178,23 @@ def time_pipeline(project: Path, env: dict[str, str]) -> dict:
             d = json.loads(t.read_text())
             out[f"train_{t.parent.name}"] = d
             train_s += d["train_seconds"]
-        tracked = json.loads((root / "pipeline" / "tracking.json").read_text())  # the one MLflow stage
-        mlflow_s = tracked["mlflow_seconds"]
-        out.update(train_seconds=train_s, mlflow_seconds=mlflow_s,
+        tracking = root / "pipeline" / "tracking.json"
+        tracked = json.loads(tracking.read_text())  # the one MLflow stage
+        track_s = [tracked["mlflow_seconds"]]
+        for i in range(1, track_repeats):
+            progress(f"initlab track again, onto a new MLflow store ({i + 1}/{track_repeats}) ...")
+            store = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / f'bench-store-{i}' / 'mlflow.db'}"}
+            p = subprocess.run([sys.executable, "-m", "initlab", "track"], cwd=root, env=store,
+                               capture_output=True, text=True)  # fmt: skip
+            if p.returncode != 0:
+                raise RuntimeError(f"initlab track failed in {root}:\n{p.stderr[-2000:]}")
+            again = json.loads(tracking.read_text())
+            if again["logged"] != tracked["logged"]:
+                raise RuntimeError(f"initlab track logged {again['logged']} runs onto a new store, "
+                                   f"{tracked['logged']} in the repro")  # fmt: skip
+            track_s.append(again["mlflow_seconds"])
+        mlflow_s = statistics.median(track_s)
+        out.update(train_seconds=train_s, mlflow_seconds=mlflow_s, mlflow_all_seconds=track_s,
                    mlflow_share_of_training=mlflow_s / train_s,
                    mlflow_runs={"logged": tracked["logged"], "skipped": tracked["skipped"]})  # fmt: skip
         return out
@@ -230,13 +252,17 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     )  # fmt: skip
     if pipeline:
         progress("full dvc repro from clean in a temporary copy, then a no-op one ...")
-        out["pipeline"] = time_pipeline(project, dict(os.environ))
+        out["pipeline"] = time_pipeline(project, dict(os.environ), repeats, progress)
     return out
 
 
 def _of(run: dict) -> str:
     times = run.get("all_seconds", [])
     return f" (fastest of {len(times)}: {', '.join(f'{t:.1f}' for t in times)} s)" if len(times) > 1 else ""
+
+
+def _median_of(times: list[float]) -> str:
+    return f" (median of {len(times)}: {', '.join(f'{t:.1f}' for t in times)} s)" if len(times) > 1 else ""
 
 
 def summary_lines(r: dict) -> list[str]:
@@ -257,7 +283,8 @@ def summary_lines(r: dict) -> list[str]:
         lines += [
             f"full dvc repro from clean: {p['full_repro_seconds']:.0f} s   (target <= 300 s)",
             f"no-op dvc repro:           {p['noop_repro_seconds']:.1f} s   (target <= 5 s)",
-            f"MLflow logging:            {p['mlflow_seconds']:.1f} s = "
+            f"MLflow logging:            {p['mlflow_seconds']:.1f} s"
+            f"{_median_of(p.get('mlflow_all_seconds', []))} = "
             f"{100 * p['mlflow_share_of_training']:.1f}% of {p['train_seconds']:.0f} s training"
             "   (target <= 10%)",
         ]

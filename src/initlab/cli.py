@@ -182,14 +182,21 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.io import write_json
-    from initlab.tracking import log_studies, raise_if_interrupted, sigterm_raises, tracking_uri, trained_runs
+    from initlab.tracking import (
+        log_studies,
+        model_saver,
+        raise_if_interrupted,
+        sigterm_raises,
+        tracking_uri,
+        trained_runs,
+    )
 
     p = load_params(params)
     paths = Paths()
     names = list(dict.fromkeys(s.value for s in studies)) if studies else [s.value for s in Study]
-    with sigterm_raises():
+    with sigterm_raises(), model_saver(p) as saver:
         runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
-        out = log_studies(p, runs)
+        out = log_studies(p, runs, saver=saver)
         out["mlflow_seconds"] = time.perf_counter() - t0
         out["tracking_uri"] = tracking_uri()
         raise_if_interrupted()
