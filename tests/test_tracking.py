@@ -90,6 +90,18 @@ def test_a_second_track_logs_nothing_and_a_changed_weight_file_only_its_run(proj
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
 
 
+def test_training_again_to_the_same_weights_adds_no_runs(project):
+    first = track("line")
+    before = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name")["train_seconds"]
+    for stage in ("train", "evaluate"):  # what `dvc repro -f` runs
+        result = runner.invoke(app, [stage, "line"])
+        assert result.exit_code == 0, result.output
+    after = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name")["train_seconds"]
+    assert not after.equals(before)  # only the timings differ: the weights are the same
+    again = track("line")
+    assert (again["logged"], again["skipped"]) == (0, 3) and again["runs"] == first["runs"]
+
+
 def test_a_killed_or_failed_run_is_logged_again(project):
     first = track("line")["runs"]["line"]
     cl = client()

@@ -7,9 +7,10 @@ one run: tags, params, curves strided to ``tracking.max_points_per_metric`` poin
 and validation metrics and the test metrics together in one ``log_batch``, and the model.
 
 Logging is idempotent. Each run is tagged ``initlab.run_key``, a SHA-256 of what the run shows
-(study, run name, the weight file, the run's row of the evaluate table, its curves, the logged
-params and tracking settings); a study's FINISHED runs are fetched once, and a model whose key is
-there is not logged again. A FAILED or KILLED attempt does not count, so it is logged again.
+(study, run name, the weight file, the run's row of the evaluate table but its timings, its
+curves, the logged params and tracking settings); a study's FINISHED runs are fetched once, and a
+model whose key is there is not logged again: a model trained again to the same weights and
+metrics keeps its run. A FAILED or KILLED attempt does not count, so it is logged again.
 
 The store is ``sqlite:///mlflow.db`` in the project root unless ``MLFLOW_TRACKING_URI`` names
 another. Runs are opened with a context that ends them FAILED on any error and KILLED on Ctrl-C or
@@ -48,6 +49,9 @@ from initlab.store import StoreError, deferred_signals, open_client, store_lock
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 RUN_KEY_TAG = "initlab.run_key"
+# Metrics that differ between two trainings of the same model (same params, seed, weights):
+# logged, but not part of the run key, so training again (`dvc repro -f`) adds no runs.
+TIMINGS = ("train_seconds",)
 SEARCH_PAGE = 10_000  # runs per search_runs page (MLflow's SQL store allows up to 50,000)
 # Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
 IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch",
@@ -379,7 +383,8 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
              **_flat_params("init_spec", params.inits[init].model_dump()),
              **_flat_params("arch", arch)}  # fmt: skip
         metrics = {k: float(v) for k, v in row.items() if k not in IDENTITY and _is_metric(v)}
-        key = run_key(study, name, weights.read_bytes(), row, mine,
+        identity = {k: v for k, v in row.items() if k not in TIMINGS}
+        key = run_key(study, name, weights.read_bytes(), identity, mine,
                       {"tags": tags, "params": p, "tracking": settings})  # fmt: skip
         out.append(TrainedRun(study, name, tags, p, metrics, mine, arch, weights, key))
     return out
