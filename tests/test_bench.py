@@ -17,14 +17,18 @@ def test_gemm_rate_is_positive_and_finite():
     assert 0 < g < 1e5
 
 
+def result(**pipeline) -> dict:
+    """A bench result as `run_bench` returns it, with the pipeline's figures given."""
+    return {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
+            "seed_loop": {"seconds": 15.0}, "initlab": {"seconds_per_model": 1.0, "models": 14,
+                                                       "seconds": 14.0},
+            "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
+            "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
+            "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, **pipeline}}  # fmt: skip
+
+
 def test_summary_prints_each_target_with_its_ratio():
-    r = {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
-         "seed_loop": {"seconds": 15.0}, "initlab": {"seconds_per_model": 1.0, "models": 14,
-                                                    "seconds": 14.0},
-         "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
-         "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
-         "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, "mlflow_seconds": 9.0,
-                      "mlflow_share_of_training": 0.05, "train_seconds": 180.0}}  # fmt: skip
+    r = result(mlflow_seconds=9.0, mlflow_share_of_training=0.05, train_seconds=180.0)
     text = "\n".join(bench.summary_lines(r))
     for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s"):
         assert part in text
@@ -42,13 +46,7 @@ def test_summary_names_the_fastest_of_repeated_runs():
 
 
 def test_summary_names_the_median_of_repeated_track_timings():
-    r = {"machine": {"cpu": "x", "cores": 2, "torch": "2"},
-         "seed_loop": {"seconds": 15.0}, "initlab": {"seconds_per_model": 1.0, "models": 14,
-                                                    "seconds": 14.0},
-         "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
-         "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
-         "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, "mlflow_seconds": 9.5,
-                      "mlflow_all_seconds": [11.0, 9.5, 9.1], "mlflow_share_of_training": 9.5 / 120,
-                      "train_seconds": 120.0}}  # fmt: skip
+    r = result(mlflow_seconds=9.5, mlflow_all_seconds=[11.0, 9.5, 9.1],
+               mlflow_share_of_training=9.5 / 120, train_seconds=120.0)  # fmt: skip
     line = next(x for x in bench.summary_lines(r) if x.startswith("MLflow"))
     assert "9.5 s (median of 3: 11.0, 9.5, 9.1 s) = 7.9% of 120 s training" in line, line

@@ -652,7 +652,7 @@ def _saver_main(jobs, done) -> None:
     job = None
     try:
         with sigterm_raises():
-            import torch  # imported now, while the other process opens the store
+            import torch  # imported now, while the other process reads the runs and opens the store
             from mlflow.exceptions import MlflowException  # noqa: F401 - and mlflow
 
             # Loading and saving small models gains little from a second thread, and its OpenMP
