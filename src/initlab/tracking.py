@@ -471,6 +471,11 @@ def _model_requirements() -> list[str]:
 SAVER_MIN_RUNS = 24
 
 
+def _saver_wanted(params: Params, processes: int | None) -> bool:
+    """Whether models go to a ``_Saver``: ``tracking.log_models`` on and two cores or more."""
+    return params.tracking.log_models and (processes or min(2, os.cpu_count() or 1)) > 1
+
+
 @contextlib.contextmanager
 def model_saver(params: Params, processes: int | None = None) -> Iterator[_Saver | None]:
     """A ``_Saver`` started now, for ``log_studies``; None where models are saved in this process
@@ -479,8 +484,7 @@ def model_saver(params: Params, processes: int | None = None) -> Iterator[_Saver
     Started before the runs are read, its imports (~3 s of torch and MLflow) overlap this
     process's reading of the runs as well as its opening of the store.
     """
-    processes = processes or min(2, os.cpu_count() or 1)
-    saver = _Saver() if params.tracking.log_models and processes > 1 else None
+    saver = _Saver() if _saver_wanted(params, processes) else None
     try:
         yield saver
     finally:
@@ -510,9 +514,8 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
     from tqdm.auto import tqdm
 
     total = sum(len(rs) for rs in studies.values())
-    processes = processes or min(2, os.cpu_count() or 1)
     log_models, max_points = params.tracking.log_models, params.tracking.max_points_per_metric
-    if saver is None and log_models and processes > 1 and total >= SAVER_MIN_RUNS:
+    if saver is None and _saver_wanted(params, processes) and total >= SAVER_MIN_RUNS:
         saver = _Saver()
     waiting: dict[int, str] = {}  # runs RUNNING until the saver has saved their model
     cl = None
