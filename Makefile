@@ -4,15 +4,30 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup repro test test-fast lint ui clean
+.PHONY: setup lock repro test test-fast lint ui clean
+
+# The environment is locked: requirements.lock pins every package (torch's CUDA wheels included) with
+# its SHA-256, for Linux x86_64 and Python 3.11. pyproject.toml keeps the ranges; `make lock` is the
+# one deliberate step that moves the pins.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+PIP_COMPILE := pip-compile --generate-hashes --allow-unsafe --extra dev --strip-extras \
+	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host --output-file $(LOCK) pyproject.toml
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	python3 -m venv --clear $(VENV)
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
+
+lock:                   ## re-resolve pyproject.toml's ranges to the newest releases into requirements.lock
+	test -x $(BIN)/pip-compile || { python3 -m venv $(VENV) && $(BIN)/pip install -q pip==$(PIP_VERSION) pip-tools; }
+	$(PIP_COMPILE) --upgrade
+	$(MAKE) setup
 
 repro: setup            ## run every stage that is out of date (all of them on a fresh clone)
 	dvc repro

@@ -161,7 +161,9 @@ def stage(root: Path, env: dict, *args: str) -> None:
 
 
 def tracked(root: Path) -> dict:
-    return json.loads((root / "pipeline" / "tracking.json").read_text())
+    """The track stage's output (run ids) and its counts (in the timings file)."""
+    return {**json.loads((root / "pipeline" / "tracking.json").read_text()),
+            **json.loads((root / "pipeline" / "timings" / "track.json").read_text())}
 
 
 # --------------------------------------------------------------------------- interruption

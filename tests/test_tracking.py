@@ -53,7 +53,9 @@ def track(*args: str) -> dict:
     result = runner.invoke(app, ["track", *args])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith("track: "), result.output  # after MLflow's INFO lines
-    return json.loads(Path("pipeline/tracking.json").read_text())
+    out = json.loads(Path("pipeline/tracking.json").read_text())
+    assert sorted(out) == ["runs"]  # counts and times are in the timings file, outside the outputs
+    return {**out, **json.loads(Path("pipeline/timings/track.json").read_text())}
 
 
 def client():
@@ -90,14 +92,17 @@ def test_a_second_track_logs_nothing_and_a_changed_weight_file_only_its_run(proj
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_training_again_to_the_same_weights_adds_no_runs(project):
+def test_training_again_gives_the_same_files_and_adds_no_runs(project):
     first = track("line")
-    before = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name")["train_seconds"]
+    outputs = [Path(LINE, "runs.csv"), Path(LINE, "curves.npz"), *sorted(Path(LINE, "weights").iterdir()),
+               Path("pipeline/evaluate/line.csv")]  # fmt: skip
+    before = [f.read_bytes() for f in outputs]
+    timing = Path("pipeline/timings/train-line.json").read_text()
     for stage in ("train", "evaluate"):  # what `dvc repro -f` runs
         result = runner.invoke(app, [stage, "line"])
         assert result.exit_code == 0, result.output
-    after = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name")["train_seconds"]
-    assert not after.equals(before)  # only the timings differ: the weights are the same
+    assert [f.read_bytes() for f in outputs] == before  # no timings in the outputs: same hashes
+    assert Path("pipeline/timings/train-line.json").read_text() != timing  # they are here
     again = track("line")
     assert (again["logged"], again["skipped"]) == (0, 3) and again["runs"] == first["runs"]
 
@@ -178,7 +183,10 @@ def test_a_missing_input_is_one_line_naming_the_file_and_the_stage(project, tmp_
 
 
 def test_a_model_trained_again_but_not_evaluated_is_refused(project, tmp_path):
-    assert runner.invoke(app, ["train", "line"]).exit_code == 0  # new timings in runs.csv
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    p["train"]["line"]["epochs"] = 3
+    Path("params.yaml").write_text(yaml.safe_dump(p))
+    assert runner.invoke(app, ["train", "line"]).exit_code == 0  # other weights and curves
     result = runner.invoke(app, ["track", "line"])
     assert result.exit_code == 2, result.output
     assert "pipeline/evaluate/line.csv does not match pipeline/train/line/runs.csv" in result.output
@@ -193,9 +201,9 @@ def test_train_and_evaluate_do_not_import_mlflow(project, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    timing = json.loads(Path(f"{LINE}/timing.json").read_text())
-    assert sorted(timing) == ["models", "train_seconds"]
-    assert "mlflow_run_id" not in pd.read_csv(f"{LINE}/runs.csv").columns
+    timing = json.loads(Path("pipeline/timings/train-line.json").read_text())
+    assert sorted(timing) == ["models", "run_seconds", "train_seconds"]
+    assert not {"mlflow_run_id", "train_seconds"} & set(pd.read_csv(f"{LINE}/runs.csv").columns)
     assert not (tmp_path / "mlflow.db").exists() and not list(Path("pipeline/evaluate").glob("*.timing.json"))
     assert np.isfinite(pd.read_csv("pipeline/evaluate/line.csv")["test_accuracy"]).all()
 

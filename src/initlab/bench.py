@@ -17,9 +17,9 @@ nobody needs, so the work it does is less than that count; both are reported.
 
 Optionally (``--pipeline``) it copies the project to a temporary folder and times a full
 ``dvc repro`` from clean (data read from ``INITLAB_DATA_MIRROR`` or the network) and a no-op one,
-and MLflow's share of training time: the ``track`` stage's wall time (``pipeline/tracking.json``;
+and MLflow's share of training time: the ``track`` stage's wall time (``pipeline/timings/track.json``;
 the median of the repro's and of ``--repeats`` - 1 more onto new stores) over the train stages'
-(``pipeline/train/*/timing.json``).
+(``pipeline/timings/train-*.json``).
 """
 
 from __future__ import annotations
@@ -174,11 +174,12 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
             if p.returncode != 0:
                 raise RuntimeError(f"dvc repro failed in {root}:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
         train_s = 0.0
-        for t in sorted((root / "pipeline" / "train").glob("*/timing.json")):
+        timings = root / "pipeline" / "timings"
+        for t in sorted(timings.glob("train-*.json")):
             d = json.loads(t.read_text())
-            out[f"train_{t.parent.name}"] = d
+            out[f"train_{t.stem.removeprefix('train-')}"] = {k: d[k] for k in ("models", "train_seconds")}
             train_s += d["train_seconds"]
-        tracking = root / "pipeline" / "tracking.json"
+        tracking = timings / "track.json"
         tracked = json.loads(tracking.read_text())  # the one MLflow stage
         track_s = [tracked["mlflow_seconds"]]
         for i in range(1, track_repeats):
@@ -209,8 +210,11 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    from initlab import kernels
+
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip
+            "torch": torch.__version__, "python": sys.version.split()[0],
+            "kernels": kernels()}  # fmt: skip
 
 
 def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from initlab.config import ParamsError, Paths, load_params
+from initlab.config import DataError, ParamsError, Paths, StoreError, load_params
 
 app = typer.Typer(
     help="initlab: how weight initialisation, loss and input normalisation decide whether a "
@@ -41,9 +41,6 @@ def stage(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from initlab.data import DataError
-        from initlab.store import StoreError
-
         try:
             return fn(*args, **kwargs)
         except ParamsError as exc:
@@ -125,7 +122,7 @@ def train(
     track` logs the runs).
     """
     from initlab.io import atomic_path, write_json
-    from initlab.tracking import raise_if_interrupted, sigterm_raises
+    from initlab.signals import raise_if_interrupted, sigterm_raises
     from initlab.train import save_results, train_study
 
     p = load_params(params)
@@ -137,7 +134,9 @@ def train(
         raise_if_interrupted()
         with atomic_path(Paths().trained(study.value)) as out:
             save_results(results, out)
-            write_json(out / "timing.json", {"models": len(results), "train_seconds": seconds})
+        write_json(Paths().timing(f"train-{study.value}"), {
+            "models": len(results), "train_seconds": seconds,
+            "run_seconds": {r.variant.run_name: r.seconds for r in results}})  # fmt: skip
     typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study.value)}",
                err=True)  # fmt: skip
 
@@ -176,9 +175,10 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
     KILLED (interrupted) run is logged again. After deleting mlflow.db, `dvc repro -f -s track`
     logs everything again (-s: this stage only; -f alone also re-runs every stage before it).
 
-    Writes pipeline/tracking.json: study -> run name -> run id, runs logged and skipped, and
-    mlflow_seconds (this command's time, for `initlab bench`). Needs the train and evaluate
-    stages done (`dvc repro evaluate@<study>`).
+    Writes pipeline/tracking.json (study -> run name -> run id) and, outside the stage's outputs,
+    pipeline/timings/track.json: runs logged and skipped, and mlflow_seconds (this command's
+    time, for `initlab bench`). Needs the train and evaluate stages done (`dvc repro
+    evaluate@<study>`).
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.io import write_json
@@ -197,12 +197,13 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
     with sigterm_raises(), model_saver(p) as saver:
         runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
         out = log_studies(p, runs, saver=saver)
-        out["mlflow_seconds"] = time.perf_counter() - t0
-        out["tracking_uri"] = tracking_uri()
         raise_if_interrupted()
-        write_json(paths.tracked, out)
+        write_json(paths.tracked, {"runs": out["runs"]})  # the same when the store holds the same runs
+        seconds = time.perf_counter() - t0
+        write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
+                                           "logged": out["logged"], "skipped": out["skipped"]})  # fmt: skip
     typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
-               f"{out['mlflow_seconds']:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
+               f"{seconds:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
 
 
 @app.command()

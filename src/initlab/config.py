@@ -31,6 +31,16 @@ class ParamsError(ValueError):
     """A bad ``params.yaml``: the message is the one line the user sees."""
 
 
+# The stages' other known errors live here too, so that the CLI catches them without importing
+# the modules that raise them (each stage's dvc.yaml deps are its import closure).
+class DataError(RuntimeError):
+    """Raw data missing, unreachable or corrupt: the message names the file and the fix."""
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used: the message is the one line the user sees."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -337,6 +347,11 @@ class Paths:
     @property
     def tracked(self) -> Path:
         return self.pipeline / "tracking.json"
+
+    def timing(self, stage: str) -> Path:
+        """Wall times of a stage (``train-<study>``, ``track``): beside the outputs, never one of
+        them, so that outputs hash the same when they are the same (nothing depends on these)."""
+        return self.pipeline / "timings" / f"{stage}.json"
 
     @property
     def reports(self) -> Path:

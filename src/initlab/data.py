@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import DataParams, ParamsError, Paths, PrepareParams, data_mirror
+from initlab.config import DataError, DataParams, ParamsError, Paths, PrepareParams, data_mirror
 from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
 
 # SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
@@ -33,10 +33,6 @@ FASHION_MNIST_CLASSES = (
 ECG_SHA256 = "f20ad3365fb9b7f845d0e5c48b6fe67081377ee466c3a220b7f69f35c8958baf"
 
 MIRROR_HINT = "set INITLAB_DATA_MIRROR to a folder holding fashion-mnist/ and ecg/"
-
-
-class DataError(RuntimeError):
-    """Raw data missing, unreachable or corrupt: the message names the file and the fix."""
 
 
 def verify(path: Path, expected: str) -> None:

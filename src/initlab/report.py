@@ -167,7 +167,7 @@ def seed_comparison(frames: dict[str, pd.DataFrame]) -> list[str]:
             if len(r):
                 lines.append(f"| 001 | {init}: validation accuracy after 2 epochs | ≈ 10 % "
                              f"| {100 * r['val_accuracy'].mean():.1f} % |")  # fmt: skip
-        means = ce.groupby("init")["val_accuracy"].mean().sort_values(ascending=False)
+        means = ce.groupby("init")["val_accuracy"].mean().sort_values(ascending=False, kind="stable")
         if len(means):
             top = ", ".join(f"{k} {100 * v:.1f} %" for k, v in means.head(3).items())
             lines.append(f"| 001 | rule-based inits (U/N with 1/√n) best | uniform_rule, "

@@ -31,12 +31,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from initlab.config import StoreError  # noqa: F401 (raised here, re-exported)
+
 LOCK_SUFFIX = "-initlab.lock"
 LOCK_TIMEOUT_S = 300.0  # creating a store takes seconds; this only bounds a stuck holder
-
-
-class StoreError(RuntimeError):
-    """The MLflow store cannot be used: the message is the one line the user sees."""
 
 
 def sqlite_file(uri: str) -> Path | None:

@@ -33,9 +33,7 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,14 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from initlab.config import Params, ParamsError, Paths
+from initlab.signals import Terminated, raise_if_interrupted, sigterm_raises  # noqa: F401 (re-exported)
 from initlab.store import StoreError, deferred_signals, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 RUN_KEY_TAG = "initlab.run_key"
-# Metrics that differ between two trainings of the same model (same params, seed, weights):
-# logged, but not part of the run key, so training again (`dvc repro -f`) adds no runs.
-TIMINGS = ("train_seconds",)
 SEARCH_PAGE = 10_000  # runs per search_runs page (MLflow's SQL store allows up to 50,000)
 # Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
 IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch",
@@ -122,46 +118,6 @@ def experiment_id(cl, study: str) -> str:
             return cl.create_experiment(name)
         except Exception:  # created by a process that does not take the lock
             return cl.get_experiment_by_name(name).experiment_id
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so cleanup runs as it does for Ctrl-C."""
-
-
-_SWALLOWED: list[BaseException] = []
-
-
-def raise_if_interrupted() -> None:
-    """Raise the Ctrl-C or SIGTERM that Python swallowed: raised inside a ``__del__`` or weakref
-    callback (SQLAlchemy's, at garbage collection), it is only reported as unraisable."""
-    if _SWALLOWED:
-        raise _SWALLOWED.pop()
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises ``Terminated``; an interruption swallowed as unraisable is kept, silently,
-    and raised at the next ``raise_if_interrupted`` (each run logged, before outputs are written)
-    or at the end of the block."""
-
-    def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
-
-    def unraisable(u) -> None:
-        if isinstance(u.exc_value, KeyboardInterrupt):
-            _SWALLOWED.append(u.exc_value)
-        else:
-            hook(u)
-
-    _SWALLOWED.clear()
-    previous, hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
-    sys.unraisablehook = unraisable
-    try:
-        yield
-        raise_if_interrupted()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sys.unraisablehook = hook
 
 
 def end_run(cl, run_id: str, status: str) -> None:
@@ -357,6 +313,10 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
         raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
                           f"was evaluated); {fix}")  # fmt: skip
     curves = read_npz(folder / "curves.npz")
+    # Training times are no stage output (they differ between two trainings of the same weights):
+    # logged when the timings file is there, never part of the run key.
+    timing = paths.timing(f"train-{study}")
+    seconds = json.loads(timing.read_text()).get("run_seconds", {}) if timing.exists() else {}
     st = getattr(params.train, study)
     common = _flat_params("", {"train": st.model_dump(exclude={"inits", "losses", "normalize",
                                                                "lr", "seeds", "reproduce"})})
@@ -383,9 +343,10 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
              **_flat_params("init_spec", params.inits[init].model_dump()),
              **_flat_params("arch", arch)}  # fmt: skip
         metrics = {k: float(v) for k, v in row.items() if k not in IDENTITY and _is_metric(v)}
-        identity = {k: v for k, v in row.items() if k not in TIMINGS}
-        key = run_key(study, name, weights.read_bytes(), identity, mine,
+        key = run_key(study, name, weights.read_bytes(), row, mine,
                       {"tags": tags, "params": p, "tracking": settings})  # fmt: skip
+        if isinstance(seconds.get(name), float) and math.isfinite(seconds[name]):
+            metrics["train_seconds"] = seconds[name]
         out.append(TrainedRun(study, name, tags, p, metrics, mine, arch, weights, key))
     return out
 

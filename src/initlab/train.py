@@ -75,6 +75,7 @@ class Result:
     val_loss: np.ndarray  # per epoch
     val_acc: np.ndarray  # per epoch
     final: dict = field(default_factory=dict)
+    seconds: float = float("nan")  # this model's share of its stack's wall time (not hashed)
 
 
 class GroupLoss:
@@ -330,7 +331,7 @@ def train_study(
             t0 = time.perf_counter()
             out = train_group(st, s.group, params.inits, s.data, n_classes, device, bar, stop)
             for r in out:
-                r.final["train_seconds"] = (time.perf_counter() - t0) / len(s.group)
+                r.seconds = (time.perf_counter() - t0) / len(s.group)
             return out
 
         for out in run_stacks(stacks, train_stack, device):

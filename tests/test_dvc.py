@@ -1,0 +1,80 @@
+"""dvc.yaml says what each stage reads: its code deps are exactly the modules its command imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "initlab"
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    """initlab modules imported anywhere in ``tree`` (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "initlab":
+            if node.module == "initlab":  # `from initlab import kernels`: names in __init__
+                found.add("initlab")
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "initlab"}
+    return found
+
+
+def _file(module: str) -> Path:
+    parts = module.split(".")[1:]
+    return PACKAGE / "__init__.py" if not parts else PACKAGE.joinpath(*parts).with_suffix(".py")
+
+
+def _is_command(fn: ast.FunctionDef) -> bool:
+    return any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command"
+               for d in fn.decorator_list)  # fmt: skip
+
+
+def import_closure(command: str) -> set[str]:
+    """Files of the package that ``initlab <command>`` imports: the package, cli.py, the imports of
+    cli.py outside the other commands (module level, helpers, the ``stage`` decorator), those of
+    the command itself, and everything those import, transitively (lazy imports included)."""
+    cli = ast.parse((PACKAGE / "cli.py").read_text())
+    todo = set()
+    for node in cli.body:
+        if isinstance(node, ast.FunctionDef) and _is_command(node):
+            if node.name == command:
+                todo |= _imports(node)
+        else:
+            todo |= _imports(node)
+    seen = {"initlab", "initlab.cli"}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo |= _imports(ast.parse(_file(module).read_text()))
+    return {_file(m).relative_to(REPO).as_posix() for m in seen}
+
+
+def test_each_stage_depends_on_exactly_the_code_its_command_imports():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        command = body["cmd"].split()[1]
+        deps = {d for d in body.get("deps", []) if d.startswith("src/")}
+        want = import_closure(command)
+        assert deps == want, (f"dvc.yaml stage {name!r} (initlab {command}): missing "
+                              f"{sorted(want - deps)}, not imported {sorted(deps - want)}")  # fmt: skip
+
+
+def test_the_closure_follows_lazy_imports_and_the_decorator():
+    # train imports signals and train inside the command, train imports models at module level,
+    # and every command goes through config (the decorator's errors) and the package's __init__.
+    train = import_closure("train")
+    assert {"src/initlab/signals.py", "src/initlab/train.py", "src/initlab/models.py",
+            "src/initlab/config.py", "src/initlab/__init__.py", "src/initlab/cli.py"} <= train
+    assert "src/initlab/tracking.py" not in train and "src/initlab/report.py" not in train
+    assert "src/initlab/tracking.py" in import_closure("track")
