@@ -45,5 +45,6 @@ lint: setup
 ui: setup               ## the MLflow UI on http://127.0.0.1:5000, local only
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-clean:
-	rm -rf pipeline mlflow.db mlflow.db-* mlruns
+clean:                  ## remove every stage output but the committed metrics, and the MLflow store
+	git clean -fdXq pipeline
+	rm -rf mlflow.db mlflow.db-* mlruns
