@@ -23,17 +23,22 @@ def test_line_is_seed_000s_training_set_and_a_disjoint_holdout(small_root):
                           (np.concatenate([d["x_val"], d["x_test"]])[:, 0] > 0.2).astype(int))
 
 
-@pytest.mark.parametrize("study", ["circles", "heart_rate"])
-def test_splits_are_disjoint_and_cover_the_data(small_root, study):
-    d = read_npz(small_root.prepared(study))
-    rows = [tuple(r) for s in ("train", "val", "test") for r in d[f"x_{s}"].round(6)]
-    n = sum(len(d[f"y_{s}"]) for s in ("train", "val", "test"))
-    assert len(rows) == n
-    train = {tuple(r) for r in d["x_train"].round(6)}
-    test = {tuple(r) for r in d["x_test"].round(6)}
-    if study == "circles":  # heart-rate values repeat (same RR interval), points do not
-        assert not train & test
-        assert n == 500
+def test_circles_splits_are_disjoint_and_cover_the_data(small_root):
+    d = read_npz(small_root.prepared("circles"))
+    points = [{tuple(r) for r in d[f"x_{s}"].round(6)} for s in ("train", "val", "test")]
+    assert sum(len(p) for p in points) == len(set().union(*points)) == 500  # no point in two splits
+
+
+def test_heart_rate_splits_are_disjoint_beats_and_cover_the_record(small_root, params):
+    from initlab.data import heart_rate_bpm
+
+    d = read_npz(small_root.prepared("heart_rate"))
+    h = params.prepare.heart_rate
+    bpm = heart_rate_bpm(small_root.raw("heart_rate") / "ecg.dat", h.sampling_hz, h.peak_distance)
+    beats = [d[f"beat_{s}"] for s in ("train", "val", "test")]
+    assert sorted(np.concatenate(beats).tolist()) == list(range(len(bpm)))  # each beat once
+    for s, b in zip(("train", "val", "test"), beats):
+        assert np.array_equal(d[f"x_{s}"][:, 0], bpm[b]), s  # the rows are those beats' rates
 
 
 def test_heart_rate_is_real_bpm_labelled_by_the_training_median(small_root):

@@ -237,3 +237,44 @@ def test_a_failing_stack_stops_the_others(monkeypatch):
     with pytest.raises(ValueError, match="boom"):
         run_stacks(stacks, fit)
     assert stopped.is_set() and time.perf_counter() - t0 < 5
+
+
+def test_stacked_training_equals_a_plain_torch_loop(params):
+    """Two models trained as one stack end where nn.Sequential + torch.optim.Adam + torch's own
+    losses end, from the same initial weights on the same shuffled mini-batches."""
+    from initlab.config import StudyTrain
+
+    st = StudyTrain(model={"hidden": [16, 8], "activation": "relu"}, optimizer="adam", lr=[0.01],
+                    batch_size=10, shuffle=True, epochs=3, seeds=[0], inits=["xavier_normal"],
+                    losses=["cross_entropy"], eval_train=False)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(45, 5, generator=g), torch.randint(0, 3, (45,), generator=g)
+    data = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
+    group = [Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
+             Variant("t", "kaiming_uniform_in", "mse", "none", 0.01, 3)]  # fmt: skip
+    results = train_group(st, group, params.inits, data, 3)
+    for v, r in zip(group, results):
+        start = StackedMLP(1, [5, 16, 8, 3], "relu", 0.0, False, "none")
+        start.initialise([params.inits[v.init]], [torch.Generator().manual_seed(v.seed)])
+        module = start.to_module(0)
+        opt = torch.optim.Adam(module.parameters(), lr=v.lr)
+        order_gen = torch.Generator().manual_seed(v.seed)
+        for _ in range(st.epochs):
+            order = torch.randperm(len(x), generator=order_gen)
+            for i in range(0, len(x), st.batch_size):
+                idx = order[i : i + st.batch_size]
+                out = module(x[idx])
+                if v.loss == "cross_entropy":
+                    loss = torch.nn.functional.cross_entropy(out, y[idx])
+                else:  # MSE on the softmax, against one-hot targets
+                    one_hot = torch.nn.functional.one_hot(y[idx], 3).float()
+                    loss = torch.nn.functional.mse_loss(out.softmax(-1), one_hot)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        trained = list(r.module.state_dict().values())
+        plain = list(module.state_dict().values())
+        assert len(trained) == len(plain) == 6
+        for a, b in zip(trained, plain):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert not torch.equal(plain[0], start.to_module(0).state_dict()["0.weight"])  # it trained

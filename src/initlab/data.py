@@ -183,6 +183,7 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
 
     raw = paths.raw(study)
     summary: dict = {"study": study, "seed": params.seed}
+    extra: dict[str, np.ndarray] = {}  # more arrays for the npz
     if study == "line":
         d = read_npz(raw / "line.npz")
         x_val, x_test, y_val, y_test = train_test_split(
@@ -215,6 +216,7 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
             )
         label = (bpm > threshold).astype(np.int64)
         splits = tuple(a for i in (i_train, i_val, i_test) for a in (bpm[i, None], label[i]))
+        extra = {"beat_train": i_train, "beat_val": i_val, "beat_test": i_test}  # which beat a row is
         summary.update(
             threshold_bpm=round(threshold, 4), beats=int(len(bpm)),
             bpm_mean=round(float(bpm.mean()), 2), bpm_std=round(float(bpm.std()), 2),
@@ -244,7 +246,7 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
     n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     write_npz(
         paths.prepared(study),
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **extra,
     )  # fmt: skip
     majority = int(np.bincount(y_train, minlength=n_classes).argmax())
     summary.update(
