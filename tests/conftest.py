@@ -33,7 +33,7 @@ def small_root(tmp_path_factory, params):
     os.environ.setdefault("INITLAB_DATA_MIRROR", str(MIRROR))
     paths = Paths(tmp_path_factory.mktemp("root"))
     for study in ("line", "circles", "heart_rate"):
-        data.download(study, params.data, paths)
-        data.prepare(study, params.prepare, paths)
+        data.download(study, params.study(study), paths)
+        data.prepare(study, params.study(study), paths)
         data.normalize_stats(study, paths)
     return paths

@@ -44,30 +44,34 @@ def with_change(path: str, value):
 
 
 BAD = [
-    ("train.line.inits", ["no_such_init"], "no_such_init"),
-    ("train.line.losses", ["hinge"], "unknown loss 'hinge'"),
-    ("train.line.lr", [-1.0], "greater than 0"),
-    ("train.line.epochs", 0, "greater than 0"),
-    ("train.fashion_mnist.batch_size", -5, "greater than 0"),
-    ("train.circles.normalize", ["minmax"], "minmax"),
-    ("train.line.optimizer", "rmsprop", "rmsprop"),
-    ("prepare.circles.val_fraction", 1.5, "less than 1"),
-    ("prepare.heart_rate.test_fraction", 0.9, "allowed: a sum below 1"),
-    ("inits.zeros.name", "zeroes", "unknown initialiser 'zeroes'"),
-    ("train.line.seeds", [], "at least 1"),
-    ("train.line.epochs", "many", "valid integer"),
-    ("train.heart_rate", KeyError, "missing key train.heart_rate"),
-    ("train.line.color", "red", "unknown key train.line.color"),
-    ("train.line.lr", [], "empty list; allowed: one or more positive learning rates"),
-    ("prepare.line.val_fraction", 0, "greater than 0"),
-    ("train.fashion_mnist.model.dropout", 1.0, "less than 1"),
-    ("train.line.model.activation", "gelu", "gelu"),
-    ("train.line.reproduce.losses", ["hinge"], "unknown loss 'hinge'"),
-    ("data.circles.n_samples", 0, "greater than 0"),
-    ("train.line.shuffle", "maybe", "valid boolean"),
-    ("prepare.heart_rate.threshold_bpm", -3, "greater than 0"),
-    ("train.fashion_mnist.val_every", 0, "greater than 0"),
-    ("inits.bad_start.bias", "ones", "inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
+    ("studies.line.train.inits", ["no_such_init"], "no_such_init"),
+    ("studies.line.train.losses", ["hinge"], "unknown loss 'hinge'"),
+    ("studies.line.train.lr", [-1.0], "greater than 0"),
+    ("studies.line.train.epochs", 0, "greater than 0"),
+    ("studies.fashion_mnist.train.batch_size", -5, "greater than 0"),
+    ("studies.circles.train.normalize", ["minmax"], "minmax"),
+    ("studies.line.train.optimizer", "rmsprop", "rmsprop"),
+    ("studies.circles.split.val_fraction", 1.5, "less than 1"),
+    ("studies.heart_rate.split.test_fraction", 0.9, "allowed: a sum below 1"),
+    ("studies.fashion_mnist.inits.zeros.name", "zeroes", "unknown initialiser 'zeroes'"),
+    ("studies.line.train.seeds", [], "at least 1"),
+    ("studies.line.train.epochs", "many", "valid integer"),
+    ("studies.heart_rate.train", KeyError, "missing key studies.heart_rate.train"),
+    ("studies.line.train.color", "red", "unknown key studies.line.train.color"),
+    ("studies.line.train.lr", [], "empty list; allowed: one or more positive learning rates"),
+    ("studies.line.split.val_fraction", 0, "greater than 0"),
+    ("studies.fashion_mnist.train.model.dropout", 1.0, "less than 1"),
+    ("studies.line.train.model.activation", "gelu", "gelu"),
+    ("studies.line.train.reproduce.losses", ["hinge"], "unknown loss 'hinge'"),
+    ("studies.circles.data.generator", "make_spirals", "unknown generator 'make_spirals'"),
+    ("studies.line.data.step", 0, "greater than 0"),
+    ("studies.line.data.kind", "mnist", "does not match any of the expected tags"),
+    ("studies.fashion_mnist.data.dataset", "ImageNet", "ImageNet"),
+    ("studies.line.train.shuffle", "maybe", "valid boolean"),
+    ("studies.heart_rate.data.threshold_bpm", -3, "greater than 0"),
+    ("studies.fashion_mnist.train.val_every", 0, "greater than 0"),
+    ("studies.line.inits.bad_start.bias", "ones",
+     "studies.line.inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
 ]
 
 
@@ -107,7 +111,7 @@ def changes(before: dict, after: dict) -> list[str]:
 def project_with_store(tmp_path_factory):
     """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
     root = tmp_path_factory.mktemp("with_store")
-    p = with_change("train.line", {**REPO_PARAMS["train"]["line"], "inits": ["default"],
+    p = with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default"],
                                    "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))
@@ -155,10 +159,10 @@ def test_bad_params_leave_the_store_and_the_outputs_as_they_were(project_with_st
 
 def test_bad_params_exit_2_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("train.line.lr", [0])))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("studies.line.train.lr", [0])))
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 2
-    assert "train.line.lr" in result.output
+    assert "studies.line.train.lr" in result.output
     assert not (tmp_path / "pipeline").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -176,12 +180,12 @@ def test_heart_rate_threshold_outside_the_data_is_a_params_error(small_root, tmp
     lo, hi = float(x.min()), float(x.max())
     bpm = {"min": lo, "max": hi, "above": 500.0}[where]
     (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm)))
     files = folder_bytes(tmp_path)
     result = runner.invoke(app, ["prepare", "heart_rate"])
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1
-    assert result.output.startswith("initlab: error: params.yaml: prepare.heart_rate.threshold_bpm = ")
+    assert result.output.startswith("initlab: error: params.yaml: studies.heart_rate.data.threshold_bpm = ")
     assert f"= {bpm:g} " in result.output
     assert f"allowed: between the training split's min {lo:.2f} and max {hi:.2f} bpm" in result.output
     assert folder_bytes(tmp_path) == files  # the earlier split is still there, unchanged
@@ -193,7 +197,7 @@ def test_heart_rate_threshold_inside_the_data_labels_with_it(small_root, tmp_pat
     x = read_npz(small_root.prepared("heart_rate"))["x_train"][:, 0]
     bpm = float(np.unique(x)[1])  # the lowest threshold with a beat on each side
     (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump(with_change("prepare.heart_rate.threshold_bpm", bpm)))
+        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm)))
     result = runner.invoke(app, ["prepare", "heart_rate"])
     assert result.exit_code == 0, result.output
     d = read_npz(tmp_path / "pipeline" / "prepared" / "heart_rate.npz")

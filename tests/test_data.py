@@ -33,7 +33,7 @@ def test_heart_rate_splits_are_disjoint_beats_and_cover_the_record(small_root, p
     from initlab.data import heart_rate_bpm
 
     d = read_npz(small_root.prepared("heart_rate"))
-    h = params.prepare.heart_rate
+    h = params.study("heart_rate").data
     bpm = heart_rate_bpm(small_root.raw("heart_rate") / "ecg.dat", h.sampling_hz, h.peak_distance)
     beats = [d[f"beat_{s}"] for s in ("train", "val", "test")]
     assert sorted(np.concatenate(beats).tolist()) == list(range(len(bpm)))  # each beat once
@@ -75,7 +75,7 @@ def test_corrupt_mirror_file_names_the_file_and_both_hashes(tmp_path, monkeypatc
     monkeypatch.setenv("INITLAB_DATA_MIRROR", str(mirror))
     paths = Paths(tmp_path / "root")
     with pytest.raises(data.DataError) as err:
-        data.download("heart_rate", params.data, paths)
+        data.download("heart_rate", params.study("heart_rate"), paths)
     msg = str(err.value)
     assert "ecg.dat" in msg and data.ECG_SHA256 in msg
     assert sha256(mirror / "ecg" / "ecg.dat") in msg
@@ -85,4 +85,4 @@ def test_corrupt_mirror_file_names_the_file_and_both_hashes(tmp_path, monkeypatc
 def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):
     monkeypatch.setenv("INITLAB_DATA_MIRROR", str(tmp_path / "empty"))
     with pytest.raises(data.DataError, match="not found in INITLAB_DATA_MIRROR"):
-        data.download("fashion_mnist", params.data, Paths(tmp_path / "root"))
+        data.download("fashion_mnist", params.study("fashion_mnist"), Paths(tmp_path / "root"))

@@ -11,12 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import MIRROR, REPO
 
 BASELINE = REPO / "tests" / "ci" / "baseline_metrics.json"
+CI_PARAMS = REPO / "tests" / "ci" / "params.yaml"
+N_STAGES = 5 * len(yaml.safe_load(CI_PARAMS.read_text())["studies"]) + 2
 pytestmark = pytest.mark.slow
 # Test accuracy, absolute. With the kernels pinned to AVX2 (initlab/__init__.py) a machine with
 # AVX-512 and one without computed the same bytes (README, "Reproducing"), so the check is exact.
@@ -36,7 +40,7 @@ def project(tmp_path_factory):
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, work / name)
-    shutil.copy(REPO / "tests" / "ci" / "params.yaml", work / "params.yaml")
+    shutil.copy(CI_PARAMS, work / "params.yaml")
     env = {**os.environ, "INITLAB_DATA_MIRROR": str(MIRROR),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
@@ -59,7 +63,7 @@ def variant_means(folder: Path) -> dict[str, dict[str, float | None]]:
 
 def test_ci_profile_runs_every_stage_and_writes_the_report(project):
     work, _, first = project
-    assert first.count("Running stage") == 4 * 5 + 2  # 5 stages per study, then track and report
+    assert first.count("Running stage") == N_STAGES  # 5 stages per study, then track and report
     report = (work / "reports" / "report.md").read_text()
     for title in ("Line", "Circles", "Heart rate", "Fashion-MNIST"):
         assert f"## {title}" in report
@@ -108,7 +112,7 @@ def test_forced_repro_leaves_dvc_lock_unchanged_and_a_pulled_clone_runs_nothing(
     work, env, _ = project
     lock = (work / "dvc.lock").read_text()
     out = run(["dvc", "repro", "-f"], work, env)
-    assert out.count("Running stage") == 4 * 5 + 2
+    assert out.count("Running stage") == N_STAGES
     assert (work / "dvc.lock").read_text() == lock  # no timings in any hashed output
     assert run(["git", "status", "--porcelain"], work, env) == ""  # metrics and report unchanged
 
@@ -200,3 +204,37 @@ def test_bench_refuses_a_subset_with_one_line(project):
     assert out.returncode == 2, out.stderr
     assert "48,000 training images" in out.stderr and "train_subset" in out.stderr
     assert not (work / "b.json").exists()
+
+
+def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
+    """make_moons (a scikit-learn generator) and a CSV file, added to params.yaml and nothing
+    else, go through every stage; no stage of another study re-runs."""
+    work, env, _ = project
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 3))
+    y = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "yes", "no")
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}).to_csv(work / "mine.csv", index=False)
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    train = {"model": {"hidden": [8], "activation": "tanh"}, "optimizer": "adam", "lr": [0.05],
+             "batch_size": 32, "epochs": 20, "seeds": [0, 1], "inits": ["xavier_uniform", "zeros"],
+             "losses": ["cross_entropy"], "normalize": ["zscore"]}  # fmt: skip
+    inits = {"xavier_uniform": {"name": "xavier_uniform"}, "zeros": {"name": "zeros"}}
+    p["studies"]["moons"] = {"title": "Moons", "question": "Does a tanh MLP separate the moons?",
+                             "data": {"kind": "sklearn", "generator": "make_moons",
+                                      "args": {"n_samples": 300, "noise": 0.2, "random_state": 0}},
+                             "train": train, "inits": inits}  # fmt: skip
+    p["studies"]["mine"] = {"title": "My table", "data": {"kind": "table", "path": "mine.csv", "target": "label"},
+                            "train": train, "inits": inits}  # fmt: skip
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = run(["dvc", "repro"], work, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"{stage}@{s}" for s in ("moons", "mine")
+                   for stage in ("download", "prepare", "normalize", "train", "evaluate")} | {"track", "report"}
+    report = (work / "reports" / "report.md").read_text()
+    assert "## Moons" in report and "## My table" in report and "*Does a tanh MLP separate the moons?*" in report
+    m = variant_means(work / "pipeline" / "evaluate")
+    assert m["moons"]["xavier_uniform-cross_entropy-zscore-lr0.05"] > 0.8  # it trains
+    assert m["mine"]["xavier_uniform-cross_entropy-zscore-lr0.05"] > 0.8
+    assert m["mine"]["zeros-cross_entropy-zscore-lr0.05"] < 0.7  # tanh(0) = 0: no gradient, no learning
+    assert (work / "pipeline" / "metrics" / "moons.json").exists()
+    assert (work / "reports" / "figures" / "moons_boundary.png").exists()

@@ -36,7 +36,7 @@ TIMEOUT = 300  # seconds for any one process; far above what they need
 def tiny_params(study: str, **train) -> dict:
     """The repository's params with one study cut down (one init, loss, lr and seed)."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    st = p["train"][study]
+    st = p["studies"][study]["train"]
     st.update(inits=st["inits"][:1], losses=st["losses"][-1:], lr=st["lr"][:1], seeds=[0],
               reproduce=None, **train)  # fmt: skip
     return p
@@ -198,7 +198,7 @@ def test_a_signal_during_training_writes_nothing_and_the_rerun_completes(small_r
 # takes seconds (importing MLflow and torch, creating the store, 30 runs with their models), time
 # to land a signal while the new store is created or while runs are logged.
 TRACK_PARAMS = tiny_params("heart_rate", epochs=5)
-TRACK_PARAMS["train"]["heart_rate"]["seeds"] = list(range(10))
+TRACK_PARAMS["studies"]["heart_rate"]["train"]["seeds"] = list(range(10))
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
     projects = {}
     for study in ("line", "circles"):
         p = tiny_params(study, epochs=5)
-        p["train"][study]["seeds"] = [0, 1]
+        p["studies"][study]["train"]["seeds"] = [0, 1]
         root, env = make_project(tmp_path / study, small_root, p)
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
         stage(root, env, "train", study)
@@ -298,7 +298,7 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
 def test_two_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_path):
     """`track line` twice at once in one project: one logs the runs, the other finds them there."""
     p = tiny_params("line", epochs=5)
-    p["train"]["line"]["seeds"] = [0, 1, 2]
+    p["studies"]["line"]["train"]["seeds"] = [0, 1, 2]
     root, env = make_project(tmp_path, small_root, p)
     stage(root, env, "train", "line")
     stage(root, env, "evaluate", "line")

@@ -33,8 +33,9 @@ def test_summarise_of_a_study_where_every_run_diverged_has_no_accuracies():
 @pytest.fixture(scope="module")
 def line_results(small_root, params):
     """line with its reproduction (seed 000's bad start), default init as the remedy, 2 seeds."""
-    st = params.train.line.model_copy(update={"inits": ["default"], "seeds": [0, 1]})
-    p = params.model_copy(update={"train": params.train.model_copy(update={"line": st})})
+    sp = params.studies["line"]
+    sp = sp.model_copy(update={"train": sp.train.model_copy(update={"inits": ["default"], "seeds": [0, 1]})})
+    p = params.model_copy(update={"studies": {**params.studies, "line": sp}})
     out = small_root.trained("line")
     out.mkdir(parents=True, exist_ok=True)
     save_results(train_study(p, "line", small_root, show_progress=False), out)

@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     """A project in which `line` (cut down to 3 models) went through every stage up to evaluate."""
     root = tmp_path_factory.mktemp("trained")
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["train"]["line"].update(inits=["default"], losses=["bce"], seeds=[0], epochs=2)
+    p["studies"]["line"]["train"].update(inits=["default"], losses=["bce"], seeds=[0], epochs=2)
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -184,7 +184,7 @@ def test_a_missing_input_is_one_line_naming_the_file_and_the_stage(project, tmp_
 
 def test_a_model_trained_again_but_not_evaluated_is_refused(project, tmp_path):
     p = yaml.safe_load(Path("params.yaml").read_text())
-    p["train"]["line"]["epochs"] = 3
+    p["studies"]["line"]["train"]["epochs"] = 3
     Path("params.yaml").write_text(yaml.safe_dump(p))
     assert runner.invoke(app, ["train", "line"]).exit_code == 0  # other weights and curves
     result = runner.invoke(app, ["track", "line"])

@@ -27,9 +27,9 @@ from initlab.train import (
 
 
 def narrowed(params, study, **update):
-    st = getattr(params.train, study).model_copy(update=update)
-    train = params.train.model_copy(update={study: st})
-    return params.model_copy(update={"train": train})
+    sp = params.studies[study]
+    sp = sp.model_copy(update={"train": sp.train.model_copy(update=update)})
+    return params.model_copy(update={"studies": {**params.studies, study: sp}})
 
 
 def test_line_reproduction_seed_000(params, small_root):
@@ -76,17 +76,17 @@ def test_seed_000_code_as_written_agrees():
 def test_stacked_models_equal_models_trained_alone(params, small_root):
     """Three models trained together give what each gives alone (shuffled minibatches, Adam,
     dropout; different inits, learning rates, losses (so heads) and input normalisations)."""
-    st = params.train.circles.model_copy(update={
-        "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
+    st = params.studies["circles"].train.model_copy(update={
+        "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.studies["circles"].train.model.model_copy(
             update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
     group = [Variant("circles", i, loss, norm, lr, 3) for i, lr, loss, norm in (
         ("default", 0.1, "bce_logits", "zscore"), ("xavier_normal", 0.01, "bce", "none"),
         ("kaiming_uniform_in", 0.05, "bce_logits", "zscore"))]  # fmt: skip
     by_norm = {n: load_study_data("circles", n, small_root, "cpu", False) for n in ("none", "zscore")}
-    together = train_group(st, group, params.inits, group_data(group, by_norm), 2)
+    together = train_group(st, group, params.studies["fashion_mnist"].inits, group_data(group, by_norm), 2)
     assert group_data(group, by_norm)["x_train"].dim() == 3  # one input per model
     for v, r in zip(group, together):
-        alone = train_group(st, [v], params.inits, by_norm[v.normalize], 2)[0]
+        alone = train_group(st, [v], params.studies["fashion_mnist"].inits, by_norm[v.normalize], 2)[0]
         np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
         for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -98,7 +98,7 @@ def test_each_stacked_model_is_its_standalone_module(params, batchnorm):
     transposed) and narrow ones (stored as nn.Linear's), and it holds the weights drawn for m."""
     sizes = [6, 40, 8, 3]  # wide, narrow, narrow
     stack = StackedMLP(3, sizes, "tanh", dropout=0.5, batchnorm_input=batchnorm, head="softmax")
-    inits = [params.inits[n] for n in ("xavier_normal", "kaiming_uniform_in", "uniform")]
+    inits = [params.studies["fashion_mnist"].inits[n] for n in ("xavier_normal", "kaiming_uniform_in", "uniform")]
     stack.initialise(inits, [torch.Generator().manual_seed(s) for s in (1, 2, 3)])
     stack.eval()
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
@@ -135,24 +135,24 @@ def test_dropout_masks_are_their_seeds_stream():
 
 def test_a_group_of_mixed_seeds_equals_its_models_alone(params, small_root):
     """Full-batch models of different seeds share a group; each keeps its own seed's dropout."""
-    st = params.train.circles.model_copy(update={
-        "epochs": 20, "batch_size": None, "model": params.train.circles.model.model_copy(
+    st = params.studies["circles"].train.model_copy(update={
+        "epochs": 20, "batch_size": None, "model": params.studies["circles"].train.model.model_copy(
             update={"hidden": [8], "dropout": 0.3, "activation": "relu"})})  # fmt: skip
     group = [Variant("circles", "xavier_normal", "bce_logits", "none", 0.1, s) for s in (1, 2, 1)]
     data = load_study_data("circles", "none", small_root, "cpu", False)
-    together = train_group(st, group, params.inits, data, 2)
+    together = train_group(st, group, params.studies["fashion_mnist"].inits, data, 2)
     assert not np.allclose(together[0].step_loss, together[1].step_loss)
     for v, r in zip(group, together):
-        alone = train_group(st, [v], params.inits, data, 2)[0]
+        alone = train_group(st, [v], params.studies["fashion_mnist"].inits, data, 2)[0]
         np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
 
 
 def test_divergence_is_a_result_not_a_crash(params, small_root):
-    st = params.train.heart_rate.model_copy(update={"epochs": 50, "optimizer": "sgd"})
+    st = params.studies["heart_rate"].train.model_copy(update={"epochs": 50, "optimizer": "sgd"})
     group = [Variant("heart_rate", "ones", "bce_logits", "none", lr, 0) for lr in (1e38, 0.01)]
     data = load_study_data("heart_rate", "none", small_root, "cpu", False)
     st = st.model_copy(update={"model": st.model.model_copy(update={"activation": "relu"})})
-    blown, fine = train_group(st, group, params.inits, data, 2)
+    blown, fine = train_group(st, group, params.studies["fashion_mnist"].inits, data, 2)
     assert blown.final["diverged"] == 1 and np.isnan(blown.final["train_accuracy"])
     assert 0 <= blown.final["diverged_step"] < len(blown.step_loss) + 1
     assert fine.final["diverged"] == 0 and np.isfinite(fine.final["train_loss"])
@@ -190,8 +190,8 @@ def test_heavy_groups_split_across_threads_light_ones_stay_whole(params):
 
 def test_stacks_in_threads_equal_stacks_in_turn(params, small_root, monkeypatch):
     """Two stacks trained at once in two threads give what each gives trained alone."""
-    st = params.train.circles.model_copy(update={
-        "epochs": 4, "batch_size": 32, "shuffle": True, "model": params.train.circles.model.model_copy(
+    st = params.studies["circles"].train.model_copy(update={
+        "epochs": 4, "batch_size": 32, "shuffle": True, "model": params.studies["circles"].train.model.model_copy(
             update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
     group = [Variant("circles", i, loss, "none", lr, 3) for i, lr, loss in (
         ("default", 0.1, "bce_logits"), ("xavier_normal", 0.01, "bce"),
@@ -207,13 +207,13 @@ def test_stacks_in_threads_equal_stacks_in_turn(params, small_root, monkeypatch)
 
     def fit(s, stop):
         seen_threads.add(threading.current_thread().name)
-        return train_group(st, s.group, params.inits, s.data, 2, "cpu", None, stop)
+        return train_group(st, s.group, params.studies["fashion_mnist"].inits, s.data, 2, "cpu", None, stop)
 
     together = [r for out in run_stacks(stacks, fit) for r in out]
     assert all(name.startswith("initlab-train") for name in seen_threads)
     assert [r.variant for r in together] == group
     for v, r in zip(group, together):
-        alone = train_group(st, [v], params.inits, data, 2)[0]
+        alone = train_group(st, [v], params.studies["fashion_mnist"].inits, data, 2)[0]
         np.testing.assert_allclose(r.step_loss, alone.step_loss, rtol=1e-5, atol=1e-6)
         for a, b in zip(r.module.state_dict().values(), alone.module.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -252,10 +252,10 @@ def test_stacked_training_equals_a_plain_torch_loop(params):
     data = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
     group = [Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
              Variant("t", "kaiming_uniform_in", "mse", "none", 0.01, 3)]  # fmt: skip
-    results = train_group(st, group, params.inits, data, 3)
+    results = train_group(st, group, params.studies["fashion_mnist"].inits, data, 3)
     for v, r in zip(group, results):
         start = StackedMLP(1, [5, 16, 8, 3], "relu", 0.0, False, "none")
-        start.initialise([params.inits[v.init]], [torch.Generator().manual_seed(v.seed)])
+        start.initialise([params.studies["fashion_mnist"].inits[v.init]], [torch.Generator().manual_seed(v.seed)])
         module = start.to_module(0)
         opt = torch.optim.Adam(module.parameters(), lr=v.lr)
         order_gen = torch.Generator().manual_seed(v.seed)

@@ -117,7 +117,7 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
     seconds per model."""
     from initlab.train import load_study_data, run_stacks, stacks_for, train_group
 
-    st = params.train.fashion_mnist
+    st = params.study("fashion_mnist").train
     group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed),
                    key=lambda v: v.lr)  # fmt: skip
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
@@ -127,8 +127,9 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
                           "(prepare.fashion_mnist.train_subset); allowed: null")  # fmt: skip
     t0 = time.perf_counter()
     stacks = stacks_for(st, group, data, 10, device)
-    outs = run_stacks(stacks, lambda s, stop: train_group(st, s.group, params.inits, s.data, 10,
-                                                          device, None, stop), device)  # fmt: skip
+    inits = params.study("fashion_mnist").inits
+    outs = run_stacks(stacks, lambda s, stop: train_group(st, s.group, inits, s.data, 10, device, None, stop),
+                      device)  # fmt: skip
     results = [r for out in outs for r in out]
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in results[0].module.parameters())
@@ -228,7 +229,7 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     from initlab.train import keep_freed_memory
 
     keep_freed_memory()
-    sizes = [784, *params.train.fashion_mnist.model.hidden, 10]
+    sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]
     out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
     progress("(c) float32 GEMM rate ...")

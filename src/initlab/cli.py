@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import sys
 import time
@@ -21,14 +20,8 @@ app = typer.Typer(
 )
 
 
-class Study(str, enum.Enum):
-    line = "line"
-    circles = "circles"
-    heart_rate = "heart_rate"
-    fashion_mnist = "fashion_mnist"
-
-
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The params file to read.")
+StudyArg = typer.Argument(..., show_default=False, help="A study: a key of studies: in params.yaml.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -60,7 +53,7 @@ def _done(what: str, t0: float) -> None:
 
 @app.command()
 @stage
-def download(study: Study, params: Path = ParamsOpt) -> None:
+def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Fetch (or generate) a study's raw data into pipeline/raw/<study>, SHA-256 verified.
 
     Reads the folder INITLAB_DATA_MIRROR names instead of the network when it is set.
@@ -69,34 +62,36 @@ def download(study: Study, params: Path = ParamsOpt) -> None:
 
     t0 = time.perf_counter()
     p = load_params(params)
-    out = run(study.value, p.data, Paths())
-    _done(f"download {study.value}: {out}", t0)
+    out = run(study, p.study(study), Paths())
+    _done(f"download {study}: {out}", t0)
 
 
 @app.command()
 @stage
-def prepare(study: Study, params: Path = ParamsOpt) -> None:
+def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Split a study's raw data into seeded, stratified train / validation / test."""
     from initlab.data import prepare as run
 
     t0 = time.perf_counter()
     p = load_params(params)
+    sp = p.study(study)
     try:
-        s = run(study.value, p.prepare, Paths())
+        s = run(study, sp, Paths())
     except ParamsError as exc:  # a value that does not fit the data (heart-rate threshold)
         raise ParamsError(f"{params}: {exc}") from None
-    _done(f"prepare {study.value}: {s['sizes']}", t0)
+    _done(f"prepare {study}: {s['sizes']}", t0)
 
 
 @app.command()
 @stage
-def normalize(study: Study) -> None:
+def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Normalisation statistics (scale, z-score mean/std) from the training split only."""
     from initlab.data import normalize_stats
 
     t0 = time.perf_counter()
-    s = normalize_stats(study.value, Paths())
-    _done(f"normalize {study.value}: statistics of {s['n_fit']} training rows", t0)
+    load_params(params).study(study)
+    s = normalize_stats(study, Paths())
+    _done(f"normalize {study}: statistics of {s['n_fit']} training rows", t0)
 
 
 def _check_device(dev: str) -> str:
@@ -112,9 +107,9 @@ def _check_device(dev: str) -> str:
 @app.command()
 @stage
 def train(
-    study: Study,
+    study: str = StudyArg,
     params: Path = ParamsOpt,
-    device: str = typer.Option(None, help="cpu or cuda; default: train.device in params."),
+    device: str = typer.Option(None, help="cpu or cuda; default: device in params."),
 ) -> None:
     """Train every variant (init x loss x normalisation x lr x seed) of a study.
 
@@ -126,41 +121,43 @@ def train(
     from initlab.train import save_results, train_study
 
     p = load_params(params)
-    dev = _check_device(device or p.train.device)
+    p.study(study)
+    dev = _check_device(device or p.device)
     t0 = time.perf_counter()
     with sigterm_raises():
-        results = train_study(p, study.value, Paths(), dev)
+        results = train_study(p, study, Paths(), dev)
         seconds = time.perf_counter() - t0
         raise_if_interrupted()
-        with atomic_path(Paths().trained(study.value)) as out:
+        with atomic_path(Paths().trained(study)) as out:
             save_results(results, out)
-        write_json(Paths().timing(f"train-{study.value}"), {
+        write_json(Paths().timing(f"train-{study}"), {
             "models": len(results), "train_seconds": seconds,
             "run_seconds": {r.variant.run_name: r.seconds for r in results}})  # fmt: skip
-    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study.value)}",
+    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}",
                err=True)  # fmt: skip
 
 
 @app.command()
 @stage
-def evaluate(study: Study) -> None:
+def evaluate(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Test every trained model of a study on its held-out test split; write DVC metrics."""
     from initlab.evaluate import evaluate_study, write_evaluation
 
     t0 = time.perf_counter()
+    load_params(params).study(study)
     paths = Paths()
-    df = evaluate_study(study.value, paths)
-    write_evaluation(study.value, df, paths)
-    _done(f"evaluate {study.value}: {len(df)} runs -> {paths.metrics(study.value)}", t0)
+    df = evaluate_study(study, paths)
+    write_evaluation(study, df, paths)
+    _done(f"evaluate {study}: {len(df)} runs -> {paths.metrics(study)}", t0)
 
 
 TrackStudies = typer.Argument(None, show_default=False,
-                              help="Studies to log (default: all four, as the DVC stage does).")
+                              help="Studies to log (default: every study in params, as the DVC stage does).")
 
 
 @app.command()
 @stage
-def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) -> None:
+def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) -> None:
     """Log every trained model to MLflow: one run per model in experiment initlab-<study>.
 
     A run holds the model's tags and params, its training loss and validation curves (strided to
@@ -193,7 +190,9 @@ def track(studies: list[Study] | None = TrackStudies, params: Path = ParamsOpt) 
 
     p = load_params(params)
     paths = Paths()
-    names = list(dict.fromkeys(s.value for s in studies)) if studies else [s.value for s in Study]
+    names = list(dict.fromkeys(studies)) if studies else list(p.studies)
+    for name in names:
+        p.study(name)
     with sigterm_raises(), model_saver(p) as saver:
         runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
         out = log_studies(p, runs, saver=saver)

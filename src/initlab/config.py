@@ -18,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from initlab.names import INITIALIZER_NAMES as INITIALIZERS
 from initlab.names import LOSS_NAMES as LOSSES
 
-STUDIES = ("line", "circles", "heart_rate", "fashion_mnist")
-Study = Literal["line", "circles", "heart_rate", "fashion_mnist"]
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -48,76 +46,92 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
-class LineData(Strict):
+class LineSource(Strict):
+    """Seed 000's line: x = arange(start, stop, step) in float32, y = x > threshold; held-out
+    points drawn from the same rule, sharing no x with the training points."""
+
+    kind: Literal["line"]
     start: float = -2.0
     stop: float = 2.0
     step: PosFloat = 0.1
     threshold: float = 0.2
-    holdout_points: PosInt = 200  # drawn from the same rule, sharing no x with the training set
+    holdout_points: PosInt = 200
     holdout_seed: int = 0
 
 
-class CirclesData(Strict):
-    n_samples: PosInt = 500
-    noise: Annotated[float, Field(ge=0)] = 0.1
-    factor: Fraction = 0.2
-    random_state: int = 123
+class EcgSource(Strict):
+    """Beat-to-beat heart rate from an ECG (SciPy's record), labelled bpm > threshold (seed 002)."""
 
-
-class Source(Strict):
-    url: str
-
-
-class DataParams(Strict):
-    """The download stage: what raw data to generate (line, circles) or fetch (the others)."""
-
-    line: LineData = LineData()
-    circles: CirclesData = CirclesData()
-    heart_rate: Source = Source(url="https://raw.githubusercontent.com/scipy/dataset-ecg/main/ecg.dat")
-    fashion_mnist: Source = Source(url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
-
-
-class LinePrepare(Strict):
-    val_fraction: Fraction = 0.5  # of the held-out points; the rest is the test split
-
-
-class CirclesPrepare(Strict):
-    val_fraction: Fraction = 0.2
-    test_fraction: Fraction = 0.2
-
-
-class HeartRatePrepare(Strict):
+    kind: Literal["ecg"]
+    url: str = "https://raw.githubusercontent.com/scipy/dataset-ecg/main/ecg.dat"
     sampling_hz: PosFloat = 360.0
     peak_distance: PosInt = 150  # samples between R-peaks at least (scipy's own ECG example)
     threshold_bpm: PosFloat | None = None  # None: the training split's median
-    val_fraction: Fraction = 0.2
-    test_fraction: Fraction = 0.2
 
 
-class FashionMnistPrepare(Strict):
-    val_fraction: Fraction = 0.2
-    train_subset: PosInt | None = None  # CI profile: first N of the shuffled training split
-    test_subset: PosInt | None = None
+class SklearnSource(Strict):
+    """A scikit-learn generator by name (``make_circles``, ``make_moons``, ``make_classification``
+    ...) called with ``args``: features x, class labels y."""
+
+    kind: Literal["sklearn"]
+    generator: str
+    args: dict[str, Any] = {}
+
+    @field_validator("generator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not (v.startswith("make_") and v in SKLEARN_GENERATORS):
+            raise ValueError(f"unknown generator {v!r}; allowed: {', '.join(SKLEARN_GENERATORS)}")
+        return v
 
 
-class PrepareParams(Strict):
-    """The prepare stage: seeded splits (and the heart-rate features and labels)."""
+class TorchvisionSource(Strict):
+    """An image-classification dataset of torchvision, its official train and test sets."""
+
+    kind: Literal["torchvision"]
+    dataset: Literal["FashionMNIST", "MNIST", "KMNIST", "CIFAR10"]
+    url: str | None = None  # a mirror of the files; None: torchvision's own
+
+
+class TableSource(Strict):
+    """A local CSV or Parquet file: every column but ``target`` is a numeric feature."""
+
+    kind: Literal["table"]
+    path: Path
+    target: str
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, v: Path) -> Path:
+        if v.suffix.lower() not in (".csv", ".parquet"):
+            raise ValueError(f"{str(v)!r} is not a .csv or .parquet file")
+        return v
+
+
+# scikit-learn's generators that return (x, y) for classification.
+SKLEARN_GENERATORS = ("make_blobs", "make_circles", "make_classification", "make_gaussian_quantiles",
+                      "make_hastie_10_2", "make_moons")  # fmt: skip
+
+DATA_KINDS = ("line", "ecg", "sklearn", "torchvision", "table")
+Source = Annotated[LineSource | EcgSource | SklearnSource | TorchvisionSource | TableSource,
+                   Field(discriminator="kind")]  # fmt: skip
+
+
+class Split(Strict):
+    """Seeded, stratified train / validation / test splits (a line's validation and test come from
+    its held-out points; a torchvision dataset's test split is its official test set)."""
 
     seed: int = 0
-    line: LinePrepare = LinePrepare()
-    circles: CirclesPrepare = CirclesPrepare()
-    heart_rate: HeartRatePrepare = HeartRatePrepare()
-    fashion_mnist: FashionMnistPrepare = FashionMnistPrepare()
+    val_fraction: Fraction = 0.2
+    test_fraction: Fraction = 0.2
+    train_subset: PosInt | None = None  # the first N of the training split (the CI profile)
+    test_subset: PosInt | None = None
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> PrepareParams:
-        for name in ("circles", "heart_rate"):
-            d = getattr(self, name)
-            if d.val_fraction + d.test_fraction >= 1:
-                raise ValueError(
-                    f"prepare.{name}.val_fraction + test_fraction = "
-                    f"{d.val_fraction + d.test_fraction:g}; allowed: a sum below 1"
-                )
+    def _fractions_leave_training_data(self) -> Split:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction = "
+                             f"{self.val_fraction + self.test_fraction:g}; allowed: a sum below 1")  # fmt: skip
         return self
 
 
@@ -189,14 +203,6 @@ class StudyTrain(Strict):
         return v
 
 
-class TrainParams(Strict):
-    device: str = "cpu"
-    line: StudyTrain
-    circles: StudyTrain
-    heart_rate: StudyTrain
-    fashion_mnist: StudyTrain
-
-
 class TrackingParams(Strict):
     max_points_per_metric: PosInt = 1000
     log_models: bool = True
@@ -206,40 +212,54 @@ class ReportParams(Strict):
     first_batches: PosInt = 100
 
 
+class StudyParams(Strict):
+    """One study: where its data comes from, how it is split, what is trained, and its inits."""
+
+    title: str
+    question: str = ""
+    data: Source
+    split: Split = Split()
+    train: StudyTrain
+    inits: dict[str, InitSpec]  # the initialisers this study names, by label
+
+    @model_validator(mode="after")
+    def _inits_named(self) -> StudyParams:
+        st = self.train
+        for label in list(st.inits) + ([st.reproduce.init] if st.reproduce else []):
+            if label not in self.inits:
+                raise ValueError(f"train.inits: {label!r} is not in this study's inits; "
+                                 f"allowed: {', '.join(self.inits)}")  # fmt: skip
+        if st.reproduce:
+            for name in st.reproduce.losses:
+                if name not in LOSSES:
+                    raise ValueError(f"train.reproduce.losses: unknown loss {name!r}; "
+                                     f"allowed: {', '.join(LOSSES)}")  # fmt: skip
+        return self
+
+
+StudyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
 class Params(Strict):
-    data: DataParams = DataParams()
-    prepare: PrepareParams = PrepareParams()
-    inits: dict[str, InitSpec]
-    train: TrainParams
+    device: str = "cpu"
+    studies: dict[StudyName, StudyParams] = Field(min_length=1)
     tracking: TrackingParams = TrackingParams()
     report: ReportParams = ReportParams()
 
-    @model_validator(mode="after")
-    def _inits_named(self) -> Params:
-        for study in STUDIES:
-            st: StudyTrain = getattr(self.train, study)
-            named = list(st.inits) + ([st.reproduce.init] if st.reproduce else [])
-            for label in named:
-                if label not in self.inits:
-                    raise ValueError(
-                        f"train.{study}.inits: {label!r} is not in the inits catalogue; "
-                        f"allowed: {', '.join(self.inits)}"
-                    )
-            if st.reproduce:
-                for name in st.reproduce.losses:
-                    if name not in LOSSES:
-                        raise ValueError(
-                            f"train.{study}.reproduce.losses: unknown loss {name!r}; "
-                            f"allowed: {', '.join(LOSSES)}"
-                        )
-        return self
+    def study(self, name: str) -> StudyParams:
+        """The study called ``name``; a ``ParamsError`` naming the studies there are if none is."""
+        if name not in self.studies:
+            raise ParamsError(f"unknown study {name!r}; allowed: {', '.join(self.studies)} "
+                              "(the keys of studies: in params.yaml)")  # fmt: skip
+        return self.studies[name]
 
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     # Drop pydantic's union branch tags ("float", "literal['zeros','default']") from the key.
-    loc = [str(p) for p in err["loc"]
-           if str(p) not in ("float", "int", "str", "bool") and not str(p).startswith("literal[")]
+    loc = [str(p) for i, p in enumerate(err["loc"])
+           if str(p) not in ("float", "int", "str", "bool") and not str(p).startswith("literal[")
+           and not (i and err["loc"][i - 1] == "data" and str(p) in DATA_KINDS)]  # a source's kind tag
     key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -248,7 +268,7 @@ def _first_error(exc: ValidationError) -> str:
         return f"params.yaml: unknown key {key}; remove it or check its spelling"
     value = err.get("input")
     if isinstance(value, dict) or not key:  # a check across keys: its message names them
-        return f"params.yaml: {msg}"
+        return f"params.yaml: {key}.{msg}" if key else f"params.yaml: {msg}"
     if len(loc) < len(err["loc"]):  # a union: say every form allowed
         msg = "allowed: a number, 'zeros' or 'default'" if loc[-1] == "bias" else msg
     return f"params.yaml: {key} = {value!r}: {msg}"
@@ -298,7 +318,7 @@ class Variant:
 
 def variants(params: Params, study: str) -> list[Variant]:
     """Every model of a study: inits x losses x normalisations x lrs x seeds, then the reproduction."""
-    st: StudyTrain = getattr(params.train, study)
+    st = params.study(study).train
     out = [
         Variant(study, init, loss, norm, lr, seed)
         for init, loss, norm, lr, seed in itertools.product(

@@ -1,4 +1,4 @@
-"""Data for the four studies: download (checksum-verified), seeded splits, normalisation statistics.
+"""Data for any study: its source (by kind), seeded splits, normalisation statistics.
 
 Raw files come from the official sources, or from the folder ``INITLAB_DATA_MIRROR`` names
 (layout ``fashion-mnist/*.gz`` and ``ecg/ecg.dat``); either way their SHA-256 must match the
@@ -15,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import DataError, DataParams, ParamsError, Paths, PrepareParams, data_mirror
+from initlab.config import (
+    DataError,
+    EcgSource,
+    LineSource,
+    ParamsError,
+    Paths,
+    SklearnSource,
+    StudyParams,
+    TableSource,
+    TorchvisionSource,
+    data_mirror,
+)
 from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
 
 # SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
@@ -47,10 +58,9 @@ def verify(path: Path, expected: str) -> None:
 # --------------------------------------------------------------------------- download
 
 
-def _line(p: DataParams) -> dict[str, np.ndarray]:
+def _line(lp: LineSource) -> dict[str, np.ndarray]:
     import torch  # seed 000's x is torch.arange in float32
 
-    lp = p.line
     # Seed 000's exact training set, built the way the seed builds it (float32 arange).
     x = torch.arange(lp.start, lp.stop, lp.step).view(-1, 1)
     rng = np.random.default_rng(lp.holdout_seed)
@@ -66,14 +76,36 @@ def _line(p: DataParams) -> dict[str, np.ndarray]:
     }
 
 
-def _circles(p: DataParams) -> dict[str, np.ndarray]:
-    from sklearn.datasets import make_circles
+def _sklearn(src: SklearnSource) -> dict[str, np.ndarray]:
+    import sklearn.datasets
 
-    c = p.circles
-    x, y = make_circles(
-        n_samples=c.n_samples, noise=c.noise, factor=c.factor, random_state=c.random_state
-    )
+    try:
+        x, y = getattr(sklearn.datasets, src.generator)(**src.args)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"data.args of {src.generator}: {exc}") from None
     return {"x": x.astype(np.float32), "y": y.astype(np.int64)}
+
+
+def _table(src: TableSource) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    if not src.path.is_file():
+        raise DataError(f"{src.path}: not found (data.path of a table study, relative to the project root)")
+    try:
+        df = pd.read_parquet(src.path) if src.path.suffix.lower() == ".parquet" else pd.read_csv(src.path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise DataError(f"{src.path}: cannot be read as a table ({exc})") from None
+    if src.target not in df.columns:
+        raise ParamsError(f"data.target = {src.target!r} is not a column of {src.path}; "
+                          f"allowed: {', '.join(map(str, df.columns))}")  # fmt: skip
+    features = df.drop(columns=[src.target])
+    bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise DataError(f"{src.path}: columns {', '.join(bad)} are not numeric; features must be numbers")
+    classes, y = np.unique(df[src.target].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"{src.path}: column {src.target!r} holds one class; a study needs two or more")
+    return {"x": features.to_numpy(dtype=np.float32), "y": y.astype(np.int64)}
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -84,7 +116,23 @@ def _fetch(url: str, dest: Path) -> None:
         raise DataError(f"cannot download {url}: {exc}; no network? {MIRROR_HINT}") from None
 
 
-def _fashion_mnist(out: Path, url: str) -> None:
+def _torchvision(out: Path, src: TorchvisionSource) -> None:
+    if src.dataset == "FashionMNIST":
+        _fashion_mnist(out, src.url)
+        return
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, src.dataset)
+    if src.url:
+        cls.mirrors = [src.url]
+    try:
+        for train in (True, False):
+            cls(out, train=train, download=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise DataError(f"cannot download {src.dataset}: {exc}; no network?") from None
+
+
+def _fashion_mnist(out: Path, url: str | None) -> None:
     raw = out / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     mirror = data_mirror()
@@ -101,7 +149,8 @@ def _fashion_mnist(out: Path, url: str) -> None:
     else:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST.mirrors = [url]
+        if url:
+            FashionMNIST.mirrors = [url]
         try:
             for train in (True, False):
                 FashionMNIST(out, train=train, download=True)
@@ -127,20 +176,23 @@ def _ecg(out: Path, url: str) -> None:
     verify(dest, ECG_SHA256)
 
 
-def download(study: str, params: DataParams, paths: Paths) -> Path:
-    """Write the raw data of one study to ``pipeline/raw/<study>/`` with a SHA256SUMS manifest."""
+def download(study: str, sp: StudyParams, paths: Paths) -> Path:
+    """Write the raw data of one study to ``pipeline/raw/<study>/`` with a SHA256SUMS manifest:
+    generated (line, scikit-learn), fetched (ECG, torchvision) or copied (a table)."""
     target = paths.raw(study)
+    src = sp.data
     with atomic_path(target) as out:
-        if study == "line":
+        if isinstance(src, LineSource):
             out.mkdir()
-            write_npz(out / "line.npz", **_line(params))
-        elif study == "circles":
+            write_npz(out / "line.npz", **_line(src))
+        elif isinstance(src, SklearnSource | TableSource):
+            arrays = _sklearn(src) if isinstance(src, SklearnSource) else _table(src)
             out.mkdir()
-            write_npz(out / "circles.npz", **_circles(params))
-        elif study == "heart_rate":
-            _ecg(out, params.heart_rate.url)
-        elif study == "fashion_mnist":
-            _fashion_mnist(out, params.fashion_mnist.url)
+            write_npz(out / "data.npz", **arrays)
+        elif isinstance(src, EcgSource):
+            _ecg(out, src.url)
+        else:
+            _torchvision(out, src)
         files = sorted(f for f in out.rglob("*") if f.is_file())
         (out / "SHA256SUMS").write_text(
             "".join(f"{sha256(f)}  {f.relative_to(out)}\n" for f in files)
@@ -177,32 +229,32 @@ def _balance(y: np.ndarray, n_classes: int) -> list[float]:
     return (np.bincount(y, minlength=n_classes) / len(y)).round(4).tolist()
 
 
-def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
+def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     """Seeded, stratified train / validation / test splits of one study; returns a summary."""
     from sklearn.model_selection import train_test_split
 
-    raw = paths.raw(study)
-    summary: dict = {"study": study, "seed": params.seed}
+    raw, src, sp_split = paths.raw(study), sp.data, sp.split
+    seed = sp_split.seed
+    summary: dict = {"study": study, "seed": seed}
     extra: dict[str, np.ndarray] = {}  # more arrays for the npz
-    if study == "line":
+    if isinstance(src, LineSource):
         d = read_npz(raw / "line.npz")
         x_val, x_test, y_val, y_test = train_test_split(
-            d["x_holdout"], d["y_holdout"], train_size=params.line.val_fraction,
-            stratify=d["y_holdout"], random_state=params.seed,
+            d["x_holdout"], d["y_holdout"], train_size=sp_split.val_fraction,
+            stratify=d["y_holdout"], random_state=seed,
         )  # fmt: skip
         splits = (d["x_train"], d["y_train"], x_val, y_val, x_test, y_test)
-    elif study == "circles":
-        d = read_npz(raw / "circles.npz")
-        c = params.circles
-        splits = _split3(d["x"], d["y"], c.val_fraction, c.test_fraction, params.seed)
-    elif study == "heart_rate":
-        h = params.heart_rate
+    elif isinstance(src, SklearnSource | TableSource):
+        d = read_npz(raw / "data.npz")
+        splits = _split3(d["x"], d["y"], sp_split.val_fraction, sp_split.test_fraction, seed)
+    elif isinstance(src, EcgSource):
+        h = src
         bpm = heart_rate_bpm(raw / "ecg.dat", h.sampling_hz, h.peak_distance)
         # Split on the beat, label after: the threshold may only come from the training split.
         idx = np.arange(len(bpm))
-        i_rest, i_test = train_test_split(idx, test_size=h.test_fraction, random_state=params.seed)
+        i_rest, i_test = train_test_split(idx, test_size=sp_split.test_fraction, random_state=seed)
         i_train, i_val = train_test_split(
-            i_rest, test_size=h.val_fraction / (1 - h.test_fraction), random_state=params.seed
+            i_rest, test_size=sp_split.val_fraction / (1 - sp_split.test_fraction), random_state=seed
         )
         threshold = float(np.median(bpm[i_train])) if h.threshold_bpm is None else h.threshold_bpm
         lo, hi = float(bpm[i_train].min()), float(bpm[i_train].max())
@@ -210,7 +262,7 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
             # A threshold given in params.yaml is a params error (exit 2); the median is the data's.
             error = DataError if h.threshold_bpm is None else ParamsError
             raise error(
-                f"prepare.heart_rate.threshold_bpm = {threshold:g} leaves one class empty; "
+                f"studies.{study}.data.threshold_bpm = {threshold:g} leaves one class empty; "
                 f"allowed: between the training split's min {lo:.2f} and max {hi:.2f} bpm, "
                 "or null for its median"
             )
@@ -221,28 +273,25 @@ def prepare(study: str, params: PrepareParams, paths: Paths) -> dict:
             threshold_bpm=round(threshold, 4), beats=int(len(bpm)),
             bpm_mean=round(float(bpm.mean()), 2), bpm_std=round(float(bpm.std()), 2),
         )  # fmt: skip
-    elif study == "fashion_mnist":
-        from torchvision.datasets import FashionMNIST
-
-        f = params.fashion_mnist
-        train = FashionMNIST(raw, train=True, download=False)
-        test = FashionMNIST(raw, train=False, download=False)
-        x = train.data.reshape(len(train.data), -1).numpy()
-        y = train.targets.numpy()
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=f.val_fraction, stratify=y, random_state=params.seed
-        )
-        x_test, y_test = test.data.reshape(len(test.data), -1).numpy(), test.targets.numpy()
-        if f.train_subset:
-            x_train, y_train = x_train[: f.train_subset], y_train[: f.train_subset]
-            n_val = max(f.train_subset // 4, 10)
-            x_val, y_val = x_val[:n_val], y_val[:n_val]
-        if f.test_subset:
-            x_test, y_test = x_test[: f.test_subset], y_test[: f.test_subset]
-        splits = (x_train, y_train, x_val, y_val, x_test, y_test)
     else:
-        raise ValueError(f"unknown study {study!r}")
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, src.dataset)
+        train, test = cls(raw, train=True, download=False), cls(raw, train=False, download=False)
+        x, y = np.asarray(train.data).reshape(len(train.data), -1), np.asarray(train.targets)
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=sp_split.val_fraction, stratify=y, random_state=seed
+        )
+        x_test = np.asarray(test.data).reshape(len(test.data), -1)
+        y_test = np.asarray(test.targets)
+        splits = (x_train, y_train, x_val, y_val, x_test, y_test)
     x_train, y_train, x_val, y_val, x_test, y_test = splits
+    if sp_split.train_subset:  # the CI profile: a few thousand images
+        x_train, y_train = x_train[: sp_split.train_subset], y_train[: sp_split.train_subset]
+        n_val = max(sp_split.train_subset // 4, 10)
+        x_val, y_val = x_val[:n_val], y_val[:n_val]
+    if sp_split.test_subset:
+        x_test, y_test = x_test[: sp_split.test_subset], y_test[: sp_split.test_subset]
     n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     write_npz(
         paths.prepared(study),

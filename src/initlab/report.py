@@ -13,17 +13,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from initlab.config import STUDIES, Params, Paths  # noqa: E402
+from initlab.config import InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
 from initlab.io import atomic_path, read_json, read_npz  # noqa: E402
 from initlab.models import build_module  # noqa: E402
 from initlab.registry import init_linear  # noqa: E402
-
-TITLES = {
-    "line": "Line — logistic regression on 1-D data (seed 000)",
-    "circles": "Circles — small sigmoid MLP on make_circles (seed 002)",
-    "heart_rate": "Heart rate — the same MLP on raw beat-to-beat bpm (seed 002)",
-    "fashion_mnist": "Fashion-MNIST — MLP 784-256-128-10, one run per initialiser (seeds 001, 003)",
-}
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
@@ -70,20 +63,22 @@ def fig_first_batches(df, curves, n, out: Path) -> None:
     plt.close(fig)
 
 
-def fig_init_histograms(params: Params, labels: list[str], out: Path) -> None:
+def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tuple[int, int],
+                        out: Path) -> None:  # fmt: skip
+    """The first layer's initial weights (``shape``: fan-out, fan-in) under each initialiser."""
     cols = 5
     rows = -(-len(labels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, label in zip(axes.flat, labels):
-        spec = params.inits[label]
-        w, b = torch.empty(256, 784), torch.empty(256)  # Fashion-MNIST's first layer
+        spec = inits[label]
+        w, b = torch.empty(*shape), torch.empty(shape[0])
         init_linear(w, b, spec.name, spec.args, spec.bias, torch.Generator().manual_seed(0))
         ax.hist(w.flatten().numpy(), bins=80, color="tab:blue")
         ax.set_title(f"{label}\nmean {w.mean():.3g}, std {w.std():.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(labels):]:
         ax.axis("off")
-    fig.suptitle("initial weights of a 784 -> 256 layer, per initialiser")
+    fig.suptitle(f"initial weights of a {shape[1]} -> {shape[0]} layer, per initialiser")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -104,8 +99,8 @@ def fig_loss_curves(df, curves, title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def fig_decision_boundary(df, paths: Paths, out: Path) -> None:
-    d = read_npz(paths.prepared("circles"))
+def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
+    d = read_npz(paths.prepared(study))
     x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
     y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
     pick = df[df["reproduce"]] if df["reproduce"].any() else df
@@ -114,7 +109,7 @@ def fig_decision_boundary(df, paths: Paths, out: Path) -> None:
     if run["normalize"] != "none" or run["diverged"]:
         return
     module = build_module(**arch)
-    module.load_state_dict(torch.load(paths.trained("circles") / "weights" /
+    module.load_state_dict(torch.load(paths.trained(study) / "weights" /
                                       f"{run['run_name']}.pt", weights_only=True))  # fmt: skip
     g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
     xx, yy = np.meshgrid(g, g)
@@ -126,7 +121,7 @@ def fig_decision_boundary(df, paths: Paths, out: Path) -> None:
     ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.6)
     ax.contour(xx, yy, z, levels=[0.5], colors="k")
     ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
-    ax.set(title=f"circles decision boundary: {run['run_name']}", xlabel="x1", ylabel="x2")
+    ax.set(title=f"{study} decision boundary: {run['run_name']}", xlabel="x1", ylabel="x2")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -175,7 +170,11 @@ def seed_comparison(frames: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def render(params: Params, paths: Paths, studies=STUDIES) -> str:
+def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None) -> str:
+    """Every study of ``params`` (or ``studies``) that has been evaluated: one section each, its
+    figures chosen by its data (two features: a decision boundary; images: the first batches and
+    the initial weights; otherwise: training loss curves)."""
+    studies = tuple(params.studies) if studies is None else studies
     figs = paths.reports / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     frames, summaries, md = {}, {}, []
@@ -194,11 +193,14 @@ def render(params: Params, paths: Paths, studies=STUDIES) -> str:
     for study, df in frames.items():
         s = summaries[study]
         curves = dict(np.load(paths.trained(study) / "curves.npz"))
-        md += [f"## {TITLES[study]}", ""]
+        sp = params.study(study)
+        md += [f"## {sp.title}", ""]
+        if sp.question:
+            md += [f"*{sp.question}*", ""]
         sizes = s["sizes"]
         md.append(f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
                   f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}.")
-        if study == "heart_rate":
+        if "beats" in s:  # an ECG study
             md.append(f"{s['beats']} beats, mean {s['bpm_mean']} ± {s['bpm_std']} bpm; label = bpm > "
                       f"{s['threshold_bpm']:.2f} (the training split's median unless set); class "
                       f"balance (0/1) train {s['class_balance']['train']}, test "
@@ -208,29 +210,33 @@ def render(params: Params, paths: Paths, studies=STUDIES) -> str:
                       + (" on all data, so their test accuracy is not held out."
                          if study == "circles" else "."))  # fmt: skip
         md += ["", variant_table(df).to_markdown(index=False), ""]
-        if study == "fashion_mnist":
+        arch = json.loads(df["arch"].iloc[0])
+        if isinstance(sp.data, TorchvisionSource):
             n = params.report.first_batches
-            fig_first_batches(df, curves, n, figs / "fashion_mnist_first_batches.png")
+            fig_first_batches(df, curves, n, figs / f"{study}_first_batches.png")
             labels = list(dict.fromkeys(df["init"]))
-            fig_init_histograms(params, labels, figs / "init_histograms.png")
-            md += [f"![loss over the first {n} batches](figures/fashion_mnist_first_batches.png)",
-                   "", "![initial weights](figures/init_histograms.png)", ""]  # fmt: skip
+            fig_init_histograms(sp.inits, labels, (arch["sizes"][1], arch["sizes"][0]),
+                                figs / f"{study}_init_histograms.png")  # fmt: skip
+            md += [f"![loss over the first {n} batches](figures/{study}_first_batches.png)",
+                   "", f"![initial weights](figures/{study}_init_histograms.png)", ""]  # fmt: skip
             cls = [c for c in df.columns if c.startswith("test_accuracy_class_")]
             if cls:
                 best = df.groupby("variant")["test_accuracy"].mean().idxmax()
                 pc = df[df["variant"] == best][cls].mean()
-                from initlab.data import FASHION_MNIST_CLASSES as names
+                from initlab.data import FASHION_MNIST_CLASSES
+
+                names = FASHION_MNIST_CLASSES if sp.data.dataset == "FashionMNIST" else None
 
                 md += [f"Per-class test accuracy of the best variant (`{best}`): "
-                       + ", ".join(f"{names[int(c.rsplit('_', 1)[1])]} {v:.3f}"
+                       + ", ".join(f"{names[int(c.rsplit('_', 1)[1])] if names else c.rsplit('_', 1)[1]} {v:.3f}"
                                    for c, v in pc.items()), ""]  # fmt: skip
-        elif study in ("line", "heart_rate"):
+        elif arch["sizes"][0] == 2:
+            fig_decision_boundary(df, study, paths, figs / f"{study}_boundary.png")
+            md += [f"![{study} decision boundary](figures/{study}_boundary.png)", ""]
+        else:
             fig_loss_curves(df, curves, f"{study}: training loss, seed {df['seed'].min()}",
                             figs / f"{study}_loss.png")  # fmt: skip
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
-        elif study == "circles":
-            fig_decision_boundary(df, paths, figs / "circles_boundary.png")
-            md += ["![circles decision boundary](figures/circles_boundary.png)", ""]
     return "\n".join(md) + "\n"
 
 

@@ -317,7 +317,8 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
     # logged when the timings file is there, never part of the run key.
     timing = paths.timing(f"train-{study}")
     seconds = json.loads(timing.read_text()).get("run_seconds", {}) if timing.exists() else {}
-    st = getattr(params.train, study)
+    sp = params.study(study)
+    st = sp.train
     common = _flat_params("", {"train": st.model_dump(exclude={"inits", "losses", "normalize",
                                                                "lr", "seeds", "reproduce"})})
     settings = params.tracking.model_dump()
@@ -329,7 +330,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
         if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
             raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
                               f"no weights or curves of {name}; {fix}")  # fmt: skip
-        if init not in params.inits:
+        if init not in sp.inits:
             raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the params' "
                               f"inits (trained with other params); {fix}")  # fmt: skip
         arch = json.loads(arch_json)
@@ -340,7 +341,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
                 "diverged": str(bool(row["diverged"])).lower()}  # fmt: skip
         p = {**common, "init": init, "loss": row["loss"], "normalize": row["normalize"],
              "lr": f"{lr:g}", "seed": str(row["seed"]), "reproduce": str(reproduce),
-             **_flat_params("init_spec", params.inits[init].model_dump()),
+             **_flat_params("init_spec", sp.inits[init].model_dump()),
              **_flat_params("arch", arch)}  # fmt: skip
         metrics = {k: float(v) for k, v in row.items() if k not in IDENTITY and _is_metric(v)}
         key = run_key(study, name, weights.read_bytes(), row, mine,

@@ -300,7 +300,8 @@ def train_study(
     """Train every variant of ``study``; returns results in ``variants()`` order."""
     from initlab.io import read_json
 
-    st: StudyTrain = getattr(params.train, study)
+    sp = params.study(study)
+    st: StudyTrain = sp.train
     summary = read_json(paths.prepared(study).with_suffix(".json"))
     n_classes = summary["n_classes"]
     n_train = summary["sizes"]["train"]
@@ -329,7 +330,7 @@ def train_study(
 
         def train_stack(s: Stack, stop: threading.Event | None) -> list[Result]:
             t0 = time.perf_counter()
-            out = train_group(st, s.group, params.inits, s.data, n_classes, device, bar, stop)
+            out = train_group(st, s.group, sp.inits, s.data, n_classes, device, bar, stop)
             for r in out:
                 r.seconds = (time.perf_counter() - t0) / len(s.group)
             return out
