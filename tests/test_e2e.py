@@ -217,14 +217,14 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
     p = yaml.safe_load((work / "params.yaml").read_text())
     train = {"model": {"hidden": [8], "activation": "tanh"}, "optimizer": "adam", "lr": [0.05],
              "batch_size": 32, "epochs": 20, "seeds": [0, 1], "inits": ["xavier_uniform", "zeros"],
-             "losses": ["cross_entropy"], "normalize": ["zscore"]}  # fmt: skip
+             "losses": ["bce_logits"], "normalize": ["zscore"]}  # fmt: skip
     inits = {"xavier_uniform": {"name": "xavier_uniform"}, "zeros": {"name": "zeros"}}
     p["studies"]["moons"] = {"title": "Moons", "question": "Does a tanh MLP separate the moons?",
                              "data": {"kind": "sklearn", "generator": "make_moons",
                                       "args": {"n_samples": 300, "noise": 0.2, "random_state": 0}},
-                             "train": train, "inits": inits}  # fmt: skip
+                             "split": {"seed": 0}, "train": train, "inits": inits}  # fmt: skip
     p["studies"]["mine"] = {"title": "My table", "data": {"kind": "table", "path": "mine.csv", "target": "label"},
-                            "train": train, "inits": inits}  # fmt: skip
+                            "split": {"seed": 1}, "train": train, "inits": inits}  # fmt: skip
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = run(["dvc", "repro"], work, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
@@ -233,8 +233,8 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
     report = (work / "reports" / "report.md").read_text()
     assert "## Moons" in report and "## My table" in report and "*Does a tanh MLP separate the moons?*" in report
     m = variant_means(work / "pipeline" / "evaluate")
-    assert m["moons"]["xavier_uniform-cross_entropy-zscore-lr0.05"] > 0.8  # it trains
-    assert m["mine"]["xavier_uniform-cross_entropy-zscore-lr0.05"] > 0.8
-    assert m["mine"]["zeros-cross_entropy-zscore-lr0.05"] < 0.7  # tanh(0) = 0: no gradient, no learning
+    assert m["moons"]["xavier_uniform-bce_logits-zscore-lr0.05"] > 0.8  # it trains
+    assert m["mine"]["xavier_uniform-bce_logits-zscore-lr0.05"] > 0.8
+    assert m["mine"]["zeros-bce_logits-zscore-lr0.05"] < 0.7  # tanh(0) = 0: no gradient, no learning
     assert (work / "pipeline" / "metrics" / "moons.json").exists()
     assert (work / "reports" / "figures" / "moons_boundary.png").exists()

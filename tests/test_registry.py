@@ -114,12 +114,18 @@ def test_bce_logits_equals_bce_on_sigmoid():
         LOSSES["bce"].fn(torch.sigmoid(z), t).item(), rel=1e-6)  # fmt: skip
 
 
-def test_torch_free_names_match_the_registry():
-    from initlab.names import INITIALIZER_NAMES, LOSS_NAMES
-    from initlab.registry import INITIALIZERS, LOSSES
+def test_a_function_added_to_the_registry_is_a_valid_initialiser_in_params(monkeypatch):
+    """Adding an initialiser is one registry entry plus params: nothing else lists the names."""
+    from initlab import registry
+    from initlab.config import InitSpec, StudyParams
 
-    assert INITIALIZER_NAMES == tuple(INITIALIZERS)
-    assert LOSS_NAMES == tuple(LOSSES)
+    study = {"title": "t", "data": {"kind": "line"}, "split": {}, "inits": {"mine": {"name": "half"}},
+             "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["mine"], "losses": ["mse"]}}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown initialiser 'half'; allowed: zeros, ones"):
+        StudyParams.model_validate(study)
+    monkeypatch.setitem(registry.INITIALIZERS, "half", lambda w, generator=None: w.fill_(0.5))
+    sp = StudyParams.model_validate(study)
+    assert sp.inits["mine"] == InitSpec(name="half")
 
 
 def test_data_stages_do_not_import_torch():

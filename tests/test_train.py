@@ -278,3 +278,11 @@ def test_stacked_training_equals_a_plain_torch_loop(params):
         for a, b in zip(trained, plain):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         assert not torch.equal(plain[0], start.to_module(0).state_dict()["0.weight"])  # it trained
+
+
+def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
+    from initlab.config import ParamsError
+
+    p = narrowed(params, "circles", losses=["cross_entropy"])
+    with pytest.raises(ParamsError, match="studies.circles.train.losses: cross_entropy needs three classes"):
+        train_study(p, "circles", small_root, show_progress=False)

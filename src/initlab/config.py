@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from initlab.names import INITIALIZER_NAMES as INITIALIZERS
-from initlab.names import LOSS_NAMES as LOSSES
+from initlab.registry import INITIALIZERS, LOSSES
 
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
 
@@ -179,12 +178,11 @@ class StudyTrain(Strict):
     normalize: list[Literal["none", "zscore", "batchnorm"]] = ["none"]
     reproduce: Reproduce | None = None
     # After training, score each model on the whole training split (seed 000's and 002's
-    # figures are training accuracies). Seed 001 reports validation only; one pass over 48k
-    # images is ~0.1 s per model, about 8 % of its training.
+    # figures are training accuracies). Seed 001 reports validation only, so it skips this pass.
     eval_train: bool = True
     # Score the validation split every this many epochs, and always after the last; null: about
     # 1,000 points per run (every epoch up to 1,000 epochs). Seed 001 validates once, after its
-    # 2 epochs; per epoch, 12k images cost ~6 % of its training.
+    # 2 epochs.
     val_every: PosInt | None = None
 
     @field_validator("losses")
@@ -218,7 +216,7 @@ class StudyParams(Strict):
     title: str
     question: str = ""
     data: Source
-    split: Split = Split()
+    split: Split  # required, as every key a stage depends on (dvc.yaml names studies.<s>.split)
     train: StudyTrain
     inits: dict[str, InitSpec]  # the initialisers this study names, by label
 

@@ -5,8 +5,8 @@
 each model's weight read row by row, as MKL's no-transpose kernels stream it best (a thin batch
 of 100 against weights that step's optimiser update has pushed out of cache). A narrow layer
 (fewer than ``NARROW`` outputs, such as the 10 logits) keeps ``nn.Linear``'s ``(M, out, in)`` and
-is computed transposed, ``(W @ h.T).T``: a GEMM 10 columns wide runs at a seventh of the rate of
-one 100 wide (Fashion-MNIST's last layer: 0.71 -> 0.23 ms per step of 14 models). Models never mix:
+is computed transposed, ``(W @ h.T).T``: a GEMM 10 columns wide runs far below the rate of one
+100 wide (README, "How it trains"). Models never mix:
 each has its own initialiser draws, loss and dropout masks (its seed's stream:
 ``DropoutStreams``), and ``to_module(m)`` gives model m back as a plain ``nn.Sequential`` (what
 MLflow stores).
@@ -153,7 +153,7 @@ class DropoutStreams:
     models of one seed that differ by initialiser or loss see the same masks: the comparison
     varies what the study varies and nothing else. The stack draws each seed's mask once per
     layer and step and broadcasts it to that seed's models: a Fashion-MNIST group of 28 models
-    shares seed 0, so one draw serves 28 (mt19937 draws were ~9 % of a step when drawn per model).
+    shares seed 0, so one draw serves 28 instead of 28 draws.
 
     Masks follow ``nn.Dropout``: keep a unit with probability ``1 - p`` (``rand < 1 - p``, exact
     to 2^-24), scale kept units by ``1 / (1 - p)``.

@@ -9,15 +9,32 @@ Losses take a stack of ``M`` models' outputs ``(M, B, C)`` and return one mean l
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-InitFn = Callable[..., Tensor]
+class _Lazy:
+    """A module imported at its first use. ``initlab.config`` checks params against this
+    registry's names in every stage, and the stages that never train need not load torch."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor, nn
+else:
+    torch, nn, F = _Lazy("torch"), _Lazy("torch.nn"), _Lazy("torch.nn.functional")
+
+InitFn = Callable[..., "Tensor"]
 
 
 def fans(weight: Tensor) -> tuple[int, int]:

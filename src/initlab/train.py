@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from initlab.config import InitSpec, Params, Paths, StudyTrain, Variant, variants
+from initlab.config import InitSpec, Params, ParamsError, Paths, StudyTrain, Variant, variants
 from initlab.models import DropoutStreams, StackedMLP, apply_head
 from initlab.optim import make_optimizer
 from initlab.registry import LOSSES, Loss
@@ -121,10 +121,9 @@ def keep_freed_memory() -> None:
 
     Every step autograd frees and reallocates the same 1-11 MiB activations and gradients. By
     default glibc returns blocks that size to the OS and the next step faults their pages in
-    again: 64 -> 45 ms per Fashion-MNIST step of 14 models on 2 cores. Threads allocate from the
-    main arena too: a thread's own arena grows in 64 MiB heaps and unmaps a heap whenever it
-    empties, whatever the trim threshold (2.8 M page faults and 7 s of system time in one
-    28-model group in two threads; 0.17 M and 0.6 s with one arena). No-op off glibc.
+    again. Threads allocate from the main arena too: a thread's own arena grows in 64 MiB heaps
+    and unmaps a heap whenever it empties, whatever the trim threshold (the measured page faults
+    are in the README, "How it trains"). No-op off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -306,6 +305,9 @@ def train_study(
     n_classes = summary["n_classes"]
     n_train = summary["sizes"]["train"]
     vs = variants(params, study)
+    if n_classes == 2 and any(LOSSES[v.loss].class_targets for v in vs):  # two classes: one output
+        raise ParamsError(f"studies.{study}.train.losses: cross_entropy needs three classes or more, "
+                          f"and {study}'s data has two; allowed: bce, bce_logits, mse, l1")  # fmt: skip
     cache: dict[tuple, dict] = {("none", False): load_study_data(study, "none", paths, device, False)}
     input_bytes = 4 * cache["none", False]["x_train"].numel() * len(vs)
     groups: dict[tuple, list[Variant]] = defaultdict(list)
