@@ -106,22 +106,27 @@ def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
     pick = df[df["reproduce"]] if df["reproduce"].any() else df
     run = pick.iloc[0]
     arch = json.loads(run["arch"])
-    if run["normalize"] != "none" or run["diverged"]:
+    if run["diverged"]:
         return
     module = build_module(**arch)
     module.load_state_dict(torch.load(paths.trained(study) / "weights" /
                                       f"{run['run_name']}.pt", weights_only=True))  # fmt: skip
     g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
     xx, yy = np.meshgrid(g, g)
+    grid = np.c_[xx.ravel(), yy.ravel()]
+    if run["normalize"] == "zscore":  # the model's inputs, as evaluate gives them (data.load_split)
+        stats = read_json(paths.norm_stats(study))
+        grid = ((grid * stats["scale"] - np.array(stats["mean"])) / np.array(stats["std"])).astype(np.float32)
     with torch.no_grad():
-        z = module(torch.from_numpy(np.c_[xx.ravel(), yy.ravel()])).numpy().reshape(xx.shape)
+        z = module(torch.from_numpy(grid)).numpy().reshape(xx.shape)
     if arch["head"] == "none":
         z = 1 / (1 + np.exp(-z))
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.6)
     ax.contour(xx, yy, z, levels=[0.5], colors="k")
     ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
-    ax.set(title=f"{study} decision boundary: {run['run_name']}", xlabel="x1", ylabel="x2")
+    ax.set(xlabel="x1", ylabel="x2")
+    ax.set_title(f"{study}: decision boundary of\n{run['run_name']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
