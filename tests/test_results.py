@@ -63,3 +63,17 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
     means = pd.read_csv(paths.evaluated("line")).groupby("variant")["test_accuracy"].mean()
     assert m["best_test_acc"] == round(means.max(), 4) and m["worst_test_acc"] == round(means.min(), 4)
     assert math.isclose(m["mean_test_acc"], means.mean(), abs_tol=1e-4)
+
+
+def test_compare_rows_show_the_mean_a_percentage_or_a_ranking_of_the_matching_runs():
+    from initlab.config import CompareRow
+    from initlab.report import compare_row
+
+    df = pd.DataFrame({"init": ["a", "a", "b", "b", "c"], "loss": ["ce", "ce", "ce", "mse", "ce"],
+                       "val_accuracy": [0.5, 0.7, 0.9, 0.1, 0.7]})  # fmt: skip
+    row = {"seed": "001", "claim": "c", "theirs": "t", "metric": "val_accuracy", "where": {"loss": "ce"}}
+    assert compare_row(CompareRow(**row, digits=2), df) == "| 001 | c | t | 0.70 |"
+    assert compare_row(CompareRow(**row, show="percent", digits=1), df) == "| 001 | c | t | 70.0 % |"
+    ranked = compare_row(CompareRow(**row, show="rank", top=2, digits=0, label="accuracy"), df)
+    assert ranked == "| 001 | c | t | top 2 by accuracy: b 90 %, c 70 % |"
+    assert compare_row(CompareRow(**{**row, "where": {"loss": "l1"}}), df) is None  # no such runs: no row

@@ -210,11 +210,29 @@ class ReportParams(Strict):
     first_batches: PosInt = 100
 
 
+class CompareRow(Strict):
+    """A figure a seed reported, beside ours: ``metric`` (a column of the evaluate table) over the
+    runs matching ``where``, shown as its mean, mean ± std or percentage; or (``show: rank``) the
+    ``top`` values of ``rank_by`` (an init, say) by their mean ``metric``."""
+
+    seed: str
+    claim: str
+    theirs: str
+    metric: str
+    where: dict[str, Any] = {}
+    show: Literal["mean", "mean_std", "percent", "rank"] = "mean"
+    digits: Annotated[int, Field(ge=0, le=8)] = 4
+    rank_by: str = "init"
+    top: PosInt = 3
+    label: str = ""  # rank: what the metric is called in the row ("validation accuracy")
+
+
 class StudyParams(Strict):
     """One study: where its data comes from, how it is split, what is trained, and its inits."""
 
     title: str
     question: str = ""
+    compare: list[CompareRow] = []  # the seed's own figures, for the report's first table
     data: Source
     split: Split  # required, as every key a stage depends on (dvc.yaml names studies.<s>.split)
     train: StudyTrain

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from initlab.config import InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
+from initlab.config import CompareRow, InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
 from initlab.io import atomic_path, read_json, read_npz  # noqa: E402
 from initlab.models import build_module  # noqa: E402
 from initlab.registry import init_linear  # noqa: E402
@@ -139,39 +139,30 @@ def _one(df, **where) -> pd.DataFrame:
     return df[m]
 
 
-def seed_comparison(frames: dict[str, pd.DataFrame]) -> list[str]:
-    """The seeds' own figures beside ours, each of ours read from this run's results."""
+def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
+    """One line of the seeds' table: the seed's figure and ours, read from this run's results."""
+    r = _one(df, **row.where)
+    if not len(r):
+        return None
+    values = r[row.metric]
+    if row.show == "rank":
+        means = r.groupby(row.rank_by)[row.metric].mean().sort_values(ascending=False, kind="stable")
+        ours = f"top {row.top} by {row.label or row.metric}: " + ", ".join(
+            f"{k} {100 * v:.{row.digits}f} %" for k, v in means.head(row.top).items())  # fmt: skip
+    elif row.show == "percent":
+        ours = f"{100 * values.mean():.{row.digits}f} %"
+    elif row.show == "mean_std":
+        ours = _pm(values.mean(), values.std(), row.digits)
+    else:
+        ours = f"{values.mean():.{row.digits}f}"
+    return f"| {row.seed} | {row.claim} | {row.theirs} | {ours} |"
+
+
+def seed_comparison(params: Params, frames: dict[str, pd.DataFrame]) -> list[str]:
+    """The seeds' own figures beside ours: each study's ``compare`` rows (params.yaml)."""
     lines = ["| seed | claim | seed's figure | ours |", "|---|---|---|---|"]
-    if "line" in frames:
-        df = frames["line"]
-        for loss, theirs in (("mse", "0.575"), ("bce", "1.0 (remedy)")):
-            r = _one(df, reproduce=True, loss=loss)
-            ours = _pm(r["train_accuracy"].mean(), np.nan, 3) if len(r) else "not run"
-            lines.append(f"| 000 | bad start w=-5, b=-10, {loss.upper()}: training accuracy "
-                         f"(all 40 points) | {theirs} | {ours.split(' ±')[0]} |")  # fmt: skip
-    if "circles" in frames:
-        r = _one(frames["circles"], reproduce=True)
-        ours = f"{r['train_loss_last_step'].iloc[0]:.4f}" if len(r) else "not run"
-        lines.append(f"| 002 | circles, 1000 epochs Adam lr 0.1: final training loss | 0.0016 "
-                     f"| {ours} |")  # fmt: skip
-    if "heart_rate" in frames:
-        r = _one(frames["heart_rate"], normalize="none", loss="bce", lr=0.1)
-        ours = _pm(r["train_loss"].mean(), r["train_loss"].std()) if len(r) else "not run"
-        lines.append("| 002 | raw heart rate, 10000 epochs Adam lr 0.1: final training loss "
-                     f"(another patient, threshold 91 bpm) | 0.4296 | {ours} |")  # fmt: skip
-    if "fashion_mnist" in frames:
-        df = frames["fashion_mnist"]
-        ce = df[df["loss"] == "cross_entropy"]
-        for init in ("zeros", "ones"):
-            r = ce[ce["init"] == init]
-            if len(r):
-                lines.append(f"| 001 | {init}: validation accuracy after 2 epochs | ≈ 10 % "
-                             f"| {100 * r['val_accuracy'].mean():.1f} % |")  # fmt: skip
-        means = ce.groupby("init")["val_accuracy"].mean().sort_values(ascending=False, kind="stable")
-        if len(means):
-            top = ", ".join(f"{k} {100 * v:.1f} %" for k, v in means.head(3).items())
-            lines.append(f"| 001 | rule-based inits (U/N with 1/√n) best | uniform_rule, "
-                         f"normal_rule on top | top 3 by validation accuracy: {top} |")  # fmt: skip
+    for study, df in frames.items():
+        lines += [line for row in params.study(study).compare if (line := compare_row(row, df))]
     return lines
 
 
@@ -194,7 +185,7 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
            "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
            "held-out test splits unless a row says otherwise. Mean ± std over seeds.", "",
            "## The seeds' figures beside ours", ""]  # fmt: skip
-    md += seed_comparison(frames) + [""]
+    md += seed_comparison(params, frames) + [""]
     for study, df in frames.items():
         s = summaries[study]
         curves = dict(np.load(paths.trained(study) / "curves.npz"))
