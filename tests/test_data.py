@@ -86,3 +86,31 @@ def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):
     monkeypatch.setenv("INITLAB_DATA_MIRROR", str(tmp_path / "empty"))
     with pytest.raises(data.DataError, match="not found in INITLAB_DATA_MIRROR"):
         data.download("fashion_mnist", params.study("fashion_mnist"), Paths(tmp_path / "root"))
+
+
+def test_a_table_study_needs_its_files_hash_and_numeric_features(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from initlab.config import DataError, ParamsError, StudyParams
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.4], "b": [1, 2, 3, 4], "y": ["no", "yes", "no", "yes"]}).to_csv(
+        "t.csv", index=False)  # fmt: skip
+
+    def study(**data) -> StudyParams:
+        return StudyParams.model_validate({
+            "title": "t", "data": {"kind": "table", "path": "t.csv", "target": "y", **data}, "split": {},
+            "inits": {"z": {"name": "zeros"}},
+            "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["z"], "losses": ["bce"]}})  # fmt: skip
+
+    digest = sha256(tmp_path / "t.csv")
+    with pytest.raises(ParamsError, match=f"set it to {digest}"):
+        data.download("t", study(), Paths())
+    data.download("t", study(sha256=digest), Paths())
+    d = read_npz(Paths().raw("t") / "data.npz")
+    assert d["x"].shape == (4, 2) and d["y"].tolist() == [0, 1, 0, 1]  # labels in sorted order
+    with pytest.raises(ParamsError, match="data.target = 'label' is not a column"):
+        data.download("t", study(sha256=digest, target="label"), Paths())
+    pd.DataFrame({"a": ["x", "y"], "y": [0, 1]}).to_csv("t.csv", index=False)
+    with pytest.raises(DataError, match="columns a are not numeric"):
+        data.download("t", study(sha256=sha256(tmp_path / "t.csv")), Paths())

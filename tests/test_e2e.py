@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -225,6 +226,11 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
                              "split": {"seed": 0}, "train": train, "inits": inits}  # fmt: skip
     p["studies"]["mine"] = {"title": "My table", "data": {"kind": "table", "path": "mine.csv", "target": "label"},
                             "split": {"seed": 1}, "train": train, "inits": inits}  # fmt: skip
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    refused = subprocess.run(["dvc", "repro", "download@mine"], cwd=work, env=env, capture_output=True, text=True)
+    digest = hashlib.sha256((work / "mine.csv").read_bytes()).hexdigest()
+    assert refused.returncode != 0 and f"set it to {digest}" in refused.stdout + refused.stderr
+    p["studies"]["mine"]["data"]["sha256"] = digest  # the file's hash in params: DVC sees a new file
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = run(["dvc", "repro"], work, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}

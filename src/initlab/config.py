@@ -93,11 +93,13 @@ class TorchvisionSource(Strict):
 
 
 class TableSource(Strict):
-    """A local CSV or Parquet file: every column but ``target`` is a numeric feature."""
+    """A local CSV or Parquet file: every column but ``target`` is a numeric feature. ``sha256``
+    is the file's: DVC sees params, not the file, so a new file must come with its new hash."""
 
     kind: Literal["table"]
     path: Path
     target: str
+    sha256: str | None = None  # None: the download stage stops and names the file's hash
 
     @field_validator("path")
     @classmethod

@@ -91,6 +91,10 @@ def _table(src: TableSource) -> dict[str, np.ndarray]:
 
     if not src.path.is_file():
         raise DataError(f"{src.path}: not found (data.path of a table study, relative to the project root)")
+    actual = sha256(src.path)
+    if src.sha256 != actual:
+        raise ParamsError(f"data.sha256 = {src.sha256!r} is not the hash of {src.path}; set it to {actual} "
+                          "(DVC re-runs the study when it changes)")  # fmt: skip
     try:
         df = pd.read_parquet(src.path) if src.path.suffix.lower() == ".parquet" else pd.read_csv(src.path)
     except (OSError, ValueError, ImportError) as exc:
