@@ -28,25 +28,32 @@ def raise_if_interrupted() -> None:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises ``Terminated``; an interruption swallowed as unraisable is kept, silently,
-    and raised at the next ``raise_if_interrupted`` (each run logged, before outputs are written)
-    or at the end of the block."""
+    """SIGTERM raises ``Terminated`` (and Ctrl-C ``KeyboardInterrupt``, as always); an
+    interruption swallowed as unraisable is kept, silently, and raised at the next
+    ``raise_if_interrupted`` (each run logged, before outputs are written) or at the end of the
+    block. Once interrupted, other errors in destructors are dropped: an interruption inside
+    SQLAlchemy leaves objects half-changed whose weakref callbacks then fail on assertions, and
+    their tracebacks would bury the one line that says what happened."""
+    interrupted = []
 
     def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
+        interrupted.append(signum)
+        raise Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt
 
     def unraisable(u) -> None:
         if isinstance(u.exc_value, KeyboardInterrupt):
             _SWALLOWED.append(u.exc_value)
-        else:
+        elif not interrupted:
             hook(u)
 
     _SWALLOWED.clear()
-    previous, hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     try:
         yield
         raise_if_interrupted()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
         sys.unraisablehook = hook
