@@ -70,6 +70,11 @@ BAD = [
     ("studies.line.train.shuffle", "maybe", "valid boolean"),
     ("studies.heart_rate.data.threshold_bpm", -3, "greater than 0"),
     ("studies.fashion_mnist.train.val_every", 0, "greater than 0"),
+    ("studies.line.train.lr", [float("inf")], "finite number"),
+    ("studies.line.train.seeds", [0, 0], "0 given twice; allowed: distinct values"),
+    ("studies.fashion_mnist.inits.uniform.args", {"a": 1.0, "b": 0.0}, "uniform needs a < b"),
+    ("studies.fashion_mnist.inits.uniform.args", {"low": 0.0}, "uniform takes no argument 'low'; allowed: a, b"),
+    ("studies.line.inits.bad_start.bias", float("nan"), "bad_start.bias"),
     ("studies.line.inits.bad_start.bias", "ones",
      "studies.line.inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
 ]
@@ -211,3 +216,44 @@ def test_bench_refuses_an_unknown_device_with_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "--device 'tpu'; allowed: cpu, cuda, cuda:N" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"device: cpu\ndevice: cuda\n", "not valid YAML at line 2, column 1: duplicate key 'device'"),
+    (b"studies: {line: [1, 2}\n", "not valid YAML at line 1, column"),
+    (b"device: \xff\xfe cpu\n", "not UTF-8 text"),
+])  # fmt: skip
+def test_a_params_file_that_is_not_clean_yaml_is_one_line_with_where(tmp_path, content, message):
+    f = tmp_path / "params.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ParamsError, match=message) as err:
+        load_params(f)
+    assert "\n" not in str(err.value)
+
+
+def test_params_pointing_at_a_folder_is_one_line(tmp_path):
+    with pytest.raises(ParamsError, match="is a folder; pass a params file"):
+        load_params(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("studies.line.train.batch_size", 41, "batch_size = 41 is more than the training split's 40 rows"),
+    ("studies.line.train.epochs", 10**12, "allowed here: at most"),
+])  # fmt: skip
+def test_training_params_that_do_not_fit_the_data_stop_before_training(tmp_path, monkeypatch, key, value, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
+    for stage in ("download", "prepare", "normalize"):
+        assert runner.invoke(app, [stage, "line"]).exit_code == 0
+    result = runner.invoke(app, ["train", "line"])
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "pipeline" / "train").exists()
+
+
+def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("studies.line.data.threshold", 5.0)))
+    assert runner.invoke(app, ["download", "line"]).exit_code == 0
+    result = runner.invoke(app, ["prepare", "line"])
+    assert result.exit_code == 2 and "every training row is of class 0" in result.output
+    assert not (tmp_path / "pipeline" / "prepared").exists()

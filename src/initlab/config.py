@@ -7,6 +7,7 @@ the stage before it writes anything, with one line naming the key, the value and
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from initlab.registry import INITIALIZERS, LOSSES
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
 
 PosInt = Annotated[int, Field(gt=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # .inf and .nan validate as floats otherwise
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -50,10 +52,10 @@ class LineSource(Strict):
     points drawn from the same rule, sharing no x with the training points."""
 
     kind: Literal["line"]
-    start: float = -2.0
-    stop: float = 2.0
+    start: Finite = -2.0
+    stop: Finite = 2.0
     step: PosFloat = 0.1
-    threshold: float = 0.2
+    threshold: Finite = 0.2
     holdout_points: PosInt = 200
     holdout_seed: int = 0
 
@@ -142,7 +144,7 @@ class Split(Strict):
 class InitSpec(Strict):
     name: str
     args: dict[str, Any] = {}
-    bias: float | Literal["zeros", "default"] = "zeros"
+    bias: Finite | Literal["zeros", "default"] = "zeros"
 
     @field_validator("name")
     @classmethod
@@ -150,6 +152,23 @@ class InitSpec(Strict):
         if v not in INITIALIZERS:
             raise ValueError(f"unknown initialiser {v!r}; allowed: {', '.join(INITIALIZERS)}")
         return v
+
+    @model_validator(mode="after")
+    def _args_fit(self) -> InitSpec:
+        """Keywords the initialiser takes (after the weight and the generator), as numbers."""
+        import inspect
+
+        allowed = list(inspect.signature(INITIALIZERS[self.name]).parameters)[2:]
+        for key, value in self.args.items():
+            if key not in allowed:
+                raise ValueError(f"args: {self.name} takes no argument {key!r}; allowed: "
+                                 f"{', '.join(allowed) or 'none'}")  # fmt: skip
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"args.{key} = {value}; allowed: a finite number")
+        a, b = self.args.get("a", 0.0), self.args.get("b", 1.0)  # uniform's bounds
+        if self.name == "uniform" and not (isinstance(a, int | float) and isinstance(b, int | float) and a < b):
+            raise ValueError(f"args: uniform needs a < b, got a = {a!r}, b = {b!r}")
+        return self
 
 
 class ModelSpec(Strict):
@@ -200,6 +219,15 @@ class StudyTrain(Strict):
     def _some_lr(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("empty list; allowed: one or more positive learning rates")
+        return v
+
+    @field_validator("lr", "seeds", "inits", "losses", "normalize")
+    @classmethod
+    def _distinct(cls, v: list) -> list:
+        """A repeated value would train the same run twice under one name."""
+        repeated = sorted({x for x in v if v.count(x) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{', '.join(map(str, repeated))} given twice; allowed: distinct values")
         return v
 
 
@@ -292,15 +320,35 @@ def _first_error(exc: ValidationError) -> str:
     return f"params.yaml: {key} = {value!r}: {msg}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping (DVC refuses such a file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise ``ParamsError`` with one line on anything bad."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder; pass a params file (--params params.yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:

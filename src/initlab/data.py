@@ -290,6 +290,9 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         y_test = np.asarray(test.targets)
         splits = (x_train, y_train, x_val, y_val, x_test, y_test)
     x_train, y_train, x_val, y_val, x_test, y_test = splits
+    if len(np.unique(y_train)) < 2:
+        raise ParamsError(f"studies.{study}.data: every training row is of class {int(y_train[0])}; "
+                          "allowed: data with two classes or more (a threshold inside its range)")  # fmt: skip
     if sp_split.train_subset:  # the CI profile: a few thousand images
         x_train, y_train = x_train[: sp_split.train_subset], y_train[: sp_split.train_subset]
         n_val = max(sp_split.train_subset // 4, 10)

@@ -27,6 +27,8 @@ from initlab.models import DropoutStreams, StackedMLP, apply_head
 from initlab.optim import make_optimizer
 from initlab.registry import LOSSES, Loss
 
+CURVE_BYTES = 1 << 30  # at most this much of float32 loss curves (steps x models) per study
+
 
 def head_for(loss: str, n_classes: int) -> str:
     if LOSSES[loss].on_logits:
@@ -305,6 +307,14 @@ def train_study(
     n_classes = summary["n_classes"]
     n_train = summary["sizes"]["train"]
     vs = variants(params, study)
+    if st.batch_size and st.batch_size > n_train:
+        raise ParamsError(f"studies.{study}.train.batch_size = {st.batch_size} is more than the training "
+                          f"split's {n_train} rows; allowed: up to {n_train}, or null for full batch")  # fmt: skip
+    steps = st.epochs * -(-n_train // (st.batch_size or n_train))
+    if steps * len(vs) * 4 > CURVE_BYTES:  # the per-step loss curves are kept in memory
+        raise ParamsError(f"studies.{study}.train.epochs = {st.epochs}: {steps:,} steps of {len(vs)} models; "
+                          f"allowed here: at most {CURVE_BYTES // (4 * len(vs) * (steps // st.epochs)):,} "
+                          "epochs (their loss curves would not fit in 1 GiB)")  # fmt: skip
     if n_classes == 2 and any(LOSSES[v.loss].class_targets for v in vs):  # two classes: one output
         raise ParamsError(f"studies.{study}.train.losses: cross_entropy needs three classes or more, "
                           f"and {study}'s data has two; allowed: bce, bce_logits, mse, l1")  # fmt: skip
