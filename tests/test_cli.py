@@ -257,3 +257,45 @@ def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypat
     result = runner.invoke(app, ["prepare", "line"])
     assert result.exit_code == 2 and "every training row is of class 0" in result.output
     assert not (tmp_path / "pipeline" / "prepared").exists()
+
+
+@pytest.fixture(scope="module")
+def evaluated_line(tmp_path_factory):
+    """line, cut to 3 models, through download ... evaluate (no MLflow)."""
+    root = tmp_path_factory.mktemp("evaluated")
+    p = with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default"],
+                                           "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for stage in ("download", "prepare", "normalize", "train", "evaluate"):
+            assert runner.invoke(app, [stage, "line"]).exit_code == 0
+    return root
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+BROKEN = [  # (file, how, the stage that reads it, what the one line says)
+    ("pipeline/prepared/line.npz", truncate, "normalize", "unreadable"),
+    ("pipeline/prepared/line.npz", truncate, "train", "unreadable"),
+    ("pipeline/normalize/line.json", Path.unlink, "train", "missing; run `dvc repro -f normalize@line`"),
+    ("pipeline/normalize/line.json", lambda p: p.write_text("{not json"), "evaluate", "normalize@line"),
+    ("pipeline/train/line/weights/default-bce-none-lr2-s0.pt", truncate, "evaluate", "train@line"),
+    ("pipeline/train/line/runs.csv", lambda p: p.write_text(""), "evaluate", "unreadable"),
+    ("pipeline/train/line/runs.csv", lambda p: p.write_text("a,b\n1,2\n"), "evaluate", "no column run_name"),
+    ("pipeline/train/line/curves.npz", truncate, "report", "train@line"),
+]
+
+
+@pytest.mark.parametrize(("name", "breaks", "stage", "message"), BROKEN,
+                         ids=[f"{b[2]}-{Path(b[0]).name}" for b in BROKEN])  # fmt: skip
+def test_a_broken_stage_input_is_one_line_naming_the_file_and_the_stage_to_rerun(
+        evaluated_line, tmp_path, monkeypatch, name, breaks, stage, message):  # fmt: skip
+    shutil.copytree(evaluated_line, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    breaks(tmp_path / name)
+    result = runner.invoke(app, [stage] if stage == "report" else [stage, "line"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and name in result.output and message in result.output

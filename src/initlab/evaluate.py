@@ -10,10 +10,12 @@ import torch
 
 from initlab.config import ParamsError, Paths
 from initlab.data import load_split
-from initlab.io import atomic_path, write_json
+from initlab.io import atomic_path, load_weights, read_csv, write_json
 from initlab.models import build_module
 from initlab.registry import LOSSES
 from initlab.train import predictions, targets
+
+RUN_COLUMNS = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "diverged", "arch")
 
 
 def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFrame:
@@ -21,7 +23,7 @@ def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFram
     table = paths.trained(study) / "runs.csv"
     if not table.exists():
         raise ParamsError(f"{table} missing; run `dvc repro train@{study}` first")
-    runs = pd.read_csv(table)
+    runs = read_csv(table, RUN_COLUMNS)
     cache: dict[str, tuple] = {}
     rows = []
     for run in runs.itertuples(index=False):
@@ -34,9 +36,7 @@ def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFram
         n_classes = max(2, arch["sizes"][-1])
         if not run.diverged:
             module = build_module(**arch)
-            state = torch.load(paths.trained(study) / "weights" / f"{run.run_name}.pt",
-                               weights_only=True, map_location=device)  # fmt: skip
-            module.load_state_dict(state)
+            module.load_state_dict(load_weights(paths.trained(study) / "weights" / f"{run.run_name}.pt"))
             module.to(device).eval()
             loss = LOSSES[run.loss]
             with torch.no_grad():

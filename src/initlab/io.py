@@ -1,4 +1,5 @@
-"""Atomic writes and checksums: a stage's output appears whole or not at all."""
+"""Atomic writes and checksums (a stage's output appears whole or not at all), and the readers of
+stage outputs, whose errors name the broken file and the stage that writes it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from initlab.config import DataError
 
 
 def sha256(path: Path) -> str:
@@ -43,21 +47,79 @@ def atomic_path(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The stage that writes each folder of pipeline/, to name in an error about a file there.
+PRODUCERS = {"raw": "download", "prepared": "prepare", "normalize": "normalize", "train": "train",
+             "evaluate": "evaluate", "metrics": "evaluate"}  # fmt: skip
+
+
+def _fix(path: Path) -> str:
+    """"; run `dvc repro -f prepare@line`" for pipeline/prepared/line.npz; "" off pipeline/."""
+    parts = Path(path).parts
+    if "pipeline" in parts:
+        rest = parts[parts.index("pipeline") + 1 :]
+        if len(rest) > 1 and rest[0] in PRODUCERS:
+            return f"; run `dvc repro -f {PRODUCERS[rest[0]]}@{Path(rest[1]).name.split('.')[0]}`"
+    return ""
+
+
+def unreadable(path: Path, exc: BaseException) -> DataError:
+    """One line naming a stage input that is missing or broken, and the stage that writes it."""
+    why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({type(exc).__name__}: {exc})"
+    return DataError(f"{path}: {why}{_fix(path)}".replace("\n", " "))
+
+
+def read_npz(path: Path, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by a stage; ``keys`` must be among them."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise unreadable(path, exc) from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise DataError(f"{path}: no array {', '.join(missing)}{_fix(path)}")
+    return out
+
+
+def read_csv(path: Path, columns: tuple[str, ...] = ()):
+    """A table written by a stage (a pandas DataFrame); ``columns`` must be among its columns."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # pandas' parser and empty-data errors are ValueErrors
+        raise unreadable(path, exc) from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(missing)}{_fix(path)}")
+    return df
+
+
+def load_weights(path: Path) -> dict:
+    """A model's state_dict, loaded with ``weights_only=True`` (no code runs from the file)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise unreadable(path, exc) from None
+
+
 def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise unreadable(path, exc) from None
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from initlab.config import CompareRow, InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
-from initlab.io import atomic_path, read_json, read_npz  # noqa: E402
+from initlab.io import atomic_path, load_weights, read_csv, read_json, read_npz  # noqa: E402
 from initlab.models import build_module  # noqa: E402
 from initlab.registry import init_linear  # noqa: E402
 
@@ -109,8 +109,7 @@ def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
     if run["diverged"]:
         return
     module = build_module(**arch)
-    module.load_state_dict(torch.load(paths.trained(study) / "weights" /
-                                      f"{run['run_name']}.pt", weights_only=True))  # fmt: skip
+    module.load_state_dict(load_weights(paths.trained(study) / "weights" / f"{run['run_name']}.pt"))
     g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
     xx, yy = np.meshgrid(g, g)
     grid = np.c_[xx.ravel(), yy.ravel()]
@@ -176,8 +175,8 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
     frames, summaries, md = {}, {}, []
     for study in studies:
         if paths.evaluated(study).exists():
-            df = pd.read_csv(paths.evaluated(study))
-            df = df.merge(pd.read_csv(paths.trained(study) / "runs.csv")[["run_name", "arch"]],
+            df = read_csv(paths.evaluated(study), ("run_name", "variant", "test_accuracy"))
+            df = df.merge(read_csv(paths.trained(study) / "runs.csv", ("run_name", "arch"))[["run_name", "arch"]],
                           on="run_name")  # fmt: skip
             frames[study] = df
             summaries[study] = read_json(paths.prepared(study).with_suffix(".json"))
@@ -188,7 +187,7 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
     md += seed_comparison(params, frames) + [""]
     for study, df in frames.items():
         s = summaries[study]
-        curves = dict(np.load(paths.trained(study) / "curves.npz"))
+        curves = read_npz(paths.trained(study) / "curves.npz")
         sp = params.study(study)
         md += [f"## {sp.title}", ""]
         if sp.question:

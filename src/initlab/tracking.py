@@ -298,17 +298,16 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
     A missing or stale input is a ``ParamsError`` (one line, exit 2) that names the file and
     the stage to run, raised before the store is opened.
     """
-    import pandas as pd
 
-    from initlab.io import read_npz
+    from initlab.io import read_csv, read_npz
 
     fix = f"run `dvc repro evaluate@{study}` first"
     folder, table = paths.trained(study), paths.evaluated(study)
     for need in (folder / "runs.csv", folder / "curves.npz", table):
         if not need.exists():
             raise ParamsError(f"{need} missing; {fix}")
-    runs = pd.read_csv(folder / "runs.csv")
-    evaluated = pd.read_csv(table)
+    runs = read_csv(folder / "runs.csv", ("run_name", "arch"))
+    evaluated = read_csv(table, ("run_name", "init", "loss", "normalize", "lr", "seed", "reproduce", "diverged"))
     if not _same_rows(runs, evaluated):
         raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
                           f"was evaluated); {fix}")  # fmt: skip
@@ -371,15 +370,14 @@ def finished_keys(cl, experiment: str) -> dict[str, str]:
 
 def load_module(weights: Path | str, arch: dict, cache: dict):
     """A model from its saved state_dict, in a module built once per architecture."""
-    import torch
-
+    from initlab.io import load_weights
     from initlab.models import build_module
 
     shape = json.dumps(arch, sort_keys=True)
     if shape not in cache:
         cache[shape] = build_module(**arch)  # initialises weights: ~10 ms for Fashion-MNIST's
     module = cache[shape]
-    module.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    module.load_state_dict(load_weights(Path(weights)))
     return module
 
 
