@@ -525,7 +525,10 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]],
                 with deferred_signals():  # no signal between the run's creation and `waiting`
                     info = cl.create_run(exp, run_name=r.run_name, tags=tags).info
                     waiting[i] = info.run_id
-                log_metrics(cl, info.run_id, metrics, run_params)
+                # Held for the call (tens of ms): a signal inside SQLAlchemy's flush left the
+                # transaction open and the run could not be ended KILLED ("database is locked").
+                with deferred_signals():
+                    log_metrics(cl, info.run_id, metrics, run_params)
                 local = local_dir(info.artifact_uri) if log_models else None
                 if saver is not None and local is not None:
                     saver.save(i, r, str(local / "model"))
