@@ -77,9 +77,25 @@ def test_corrupt_mirror_file_names_the_file_and_both_hashes(tmp_path, monkeypatc
     with pytest.raises(data.DataError) as err:
         data.download("heart_rate", params.study("heart_rate"), paths)
     msg = str(err.value)
-    assert "ecg.dat" in msg and data.ECG_SHA256 in msg
-    assert sha256(mirror / "ecg" / "ecg.dat") in msg
+    assert msg.startswith(f"{mirror / 'ecg' / 'ecg.dat'}: checksum mismatch")  # the mirror's file, not a copy
+    assert data.ECG_SHA256 in msg and sha256(mirror / "ecg" / "ecg.dat") in msg
     assert not paths.raw("heart_rate").exists()  # nothing half-written
+
+
+def test_an_altered_fashion_mnist_mirror_file_is_named_as_the_mirror_file(tmp_path, monkeypatch, params):
+    import gzip
+    import shutil
+
+    from conftest import MIRROR
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(MIRROR / "fashion-mnist", mirror / "fashion-mnist")
+    bad = mirror / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(gzip.compress(b"a valid gzip of the wrong bytes"))
+    monkeypatch.setenv("INITLAB_DATA_MIRROR", str(mirror))
+    with pytest.raises(data.DataError) as err:
+        data.download("fashion_mnist", params.study("fashion_mnist"), Paths(tmp_path / "root"))
+    assert str(err.value).startswith(f"{bad}: checksum mismatch") and "replace it with the original" in str(err.value)
 
 
 def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):

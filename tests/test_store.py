@@ -1,4 +1,4 @@
-"""The store helpers: the SQLite lock, signals held during store writes, runs always ended."""
+"""The store helpers: URIs checked before use, signals held during a store write, the per-study lock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from initlab import tracking
-from initlab.store import LOCK_SUFFIX, deferred_signals, sqlite_file, store_lock
+from initlab.signals import Terminated, sigterm_raises
+from initlab.store import StoreError, check_uri, deferred_signals, sqlite_file, store_lock
 
 
 @pytest.mark.parametrize(("uri", "path"), [
@@ -28,6 +28,30 @@ def test_sqlite_file_of_a_tracking_uri(uri, path):
     assert (None if got is None else str(got)) == path
 
 
+@pytest.mark.parametrize(("uri", "says"), [
+    ("foo://host/x", "unknown scheme 'foo'"),
+    ("sqlite:///:memory:", "an in-memory store loses every run"),
+    ("sqlite://", "an in-memory store loses every run"),
+    ("sqlite:///{tmp}/afile/mlflow.db", "afile is a file, not a folder"),
+    ("sqlite:///{tmp}", "is a folder, not a database file"),
+    ("postgresql://u@127.0.0.1:1/db", "its database driver is not installed"),
+    ("mysql+nodriver://u@127.0.0.1:1/db", "MLFLOW_TRACKING_URI=mysql+nodriver://"),
+])  # fmt: skip
+def test_a_uri_mlflow_cannot_use_is_one_line_naming_it(tmp_path, uri, says):
+    (tmp_path / "afile").write_text("")
+    uri = uri.format(tmp=tmp_path)
+    with pytest.raises(StoreError) as err:
+        check_uri(uri)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"MLFLOW_TRACKING_URI={uri}")
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "file:///tmp/mlruns", "http://127.0.0.1:5000",
+                                 "https://mlflow.example.org", "databricks"])  # fmt: skip
+def test_uris_mlflow_can_use_pass(uri):
+    check_uri(uri)
+
+
 def test_a_signal_during_a_deferred_block_is_delivered_when_it_ends():
     handler = signal.getsignal(signal.SIGINT)
     done = []
@@ -40,84 +64,35 @@ def test_a_signal_during_a_deferred_block_is_delivered_when_it_ends():
 
 
 def test_sigterm_in_a_deferred_block_reaches_the_stage_handler():
-    with pytest.raises(tracking.Terminated):
-        with tracking.sigterm_raises(), deferred_signals():
+    with pytest.raises(Terminated):
+        with sigterm_raises(), deferred_signals():
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_the_store_lock_is_shared_with_other_processes(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
+def test_a_disabled_deferral_lets_the_signal_through_at_once():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals(enabled=False):
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("not reached")
+    assert done == []
+
+
+def test_the_study_lock_is_shared_with_other_processes(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     other = ("import sys; from initlab.store import store_lock, StoreError\n"
-             "try:\n    with store_lock(sys.argv[1], timeout=0.2): pass\n"
+             "try:\n    with store_lock(sys.argv[1], sys.argv[2], timeout=0.2): pass\n"
              "except StoreError as e: sys.exit(str(e))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    with store_lock(uri):
-        assert (tmp_path / "sub" / f"mlflow.db{LOCK_SUFFIX}").exists()
-        out = subprocess.run([sys.executable, "-c", other, uri], env=env, capture_output=True, text=True)
-        assert out.returncode == 1 and out.stderr.count("\n") == 1
-        assert f"mlflow.db{LOCK_SUFFIX} is still locked by another process after 0.2 s" in out.stderr
-    out = subprocess.run([sys.executable, "-c", other, uri], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert not (tmp_path / "sub" / "mlflow.db").exists()  # the lock creates no store
 
+    def other_takes(name):
+        return subprocess.run([sys.executable, "-c", other, uri, name], env=env, capture_output=True, text=True)
 
-def test_a_named_lock_is_another_lock_of_the_same_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    other = ("import sys; from initlab.store import store_lock\n"
-             "with store_lock(sys.argv[1], timeout=0.2): pass")  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    with store_lock(uri, name="track-line"):
+    with store_lock(uri, "track-line"):
         assert (tmp_path / "mlflow.db-initlab-track-line.lock").exists()
-        out = subprocess.run([sys.executable, "-c", other, uri], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr  # the store's own lock is free meanwhile
-
-
-class SignalAfterCreate:
-    """A client whose create_run is followed at once by a signal: the worst moment for one."""
-
-    def __init__(self, cl, signum):
-        self.cl, self.signum = cl, signum
-
-    def create_run(self, *args, **kwargs):
-        run = self.cl.create_run(*args, **kwargs)
-        os.kill(os.getpid(), self.signum)
-        return run
-
-    def __getattr__(self, name):
-        return getattr(self.cl, name)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_right_after_a_run_is_created_ends_it_killed(signum):
-    cl = tracking.client()
-    exp = tracking.experiment_id(cl, "line")
-    body = []
-    with pytest.raises(KeyboardInterrupt), tracking.sigterm_raises():
-        with tracking.new_run(SignalAfterCreate(cl, signum), exp, run_name="r") as rid:
-            body.append(rid)
-    assert body == []  # interrupted before the body
-    [run] = cl.search_runs([exp])
-    assert run.info.status == "KILLED"
-
-
-def test_a_run_left_open_in_mlflows_fluent_api_stays_killed(monkeypatch):
-    import mlflow
-
-    cl = tracking.client()
-    exp = tracking.experiment_id(cl, "line")
-    with pytest.raises(KeyboardInterrupt):
-        with tracking.new_run(cl, exp, run_name="r") as rid:
-            mlflow.start_run(run_id=rid)  # as if a signal landed before its `with` began
-            raise KeyboardInterrupt
-    mlflow.end_run()  # what MLflow's exit hook does: FINISHED unless the run was ended there
-    assert cl.get_run(rid).info.status == "KILLED"
-
-
-def test_runs_end_finished_or_failed():
-    cl = tracking.client()
-    exp = tracking.experiment_id(cl, "line")
-    with tracking.new_run(cl, exp, run_name="ok") as ok:
-        pass
-    with pytest.raises(ValueError), tracking.new_run(cl, exp, run_name="bad") as bad:
-        raise ValueError("boom")
-    assert cl.get_run(ok).info.status == "FINISHED" and cl.get_run(bad).info.status == "FAILED"
+        out = other_takes("track-line")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1
+        assert "mlflow.db-initlab-track-line.lock is still locked by another process after 0.2 s" in out.stderr
+        assert other_takes("track-circles").returncode == 0  # another study's lock is free
+    assert other_takes("track-line").returncode == 0
+    assert not (tmp_path / "mlflow.db").exists()  # the lock creates no store

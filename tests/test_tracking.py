@@ -120,15 +120,11 @@ def test_a_killed_or_failed_run_is_logged_again(project):
     assert all(cl.get_run(rid).info.status == "FINISHED" for rid in ids.values())
 
 
-@pytest.mark.parametrize("saver", [False, True], ids=["one process", "model-saving process"])
-def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(project, monkeypatch, saver):
+def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_pt2_model(project):
     import mlflow.pytorch
 
-    import initlab.tracking
     from initlab.models import build_module
 
-    if saver:  # models saved by the second process, as for a whole study
-        monkeypatch.setattr(initlab.tracking, "SAVER_MIN_RUNS", 1)
     ids = track("line")["runs"]["line"]
     cl = client()
     evaluated = pd.read_csv("pipeline/evaluate/line.csv").set_index("run_name")
@@ -143,6 +139,8 @@ def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(projec
         assert len(cl.get_metric_history(rid, "train_loss_step")) > 1
         assert run.data.params["init"] == row["init"] and "arch.sizes" in run.data.params
         assert run.data.tags["study"] == "line" and len(run.data.tags["initlab.run_key"]) == 64
+        model_dir = Path(cl.download_artifacts(rid, "model"))
+        assert list((model_dir / "data").glob("*.pt2")) and not list(model_dir.rglob("*.pth"))  # no pickle
         model = mlflow.pytorch.load_model(f"runs:/{rid}/model")
         arch = json.loads(archs[name])
         want = build_module(**arch)
@@ -151,15 +149,13 @@ def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_model(projec
             assert torch.equal(model(x), want(x))
 
 
-def test_a_model_the_saver_cannot_save_fails_every_open_run(project, monkeypatch):
-    import initlab.tracking
-
-    monkeypatch.setattr(initlab.tracking, "SAVER_MIN_RUNS", 1)
+def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project):
     bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
     bad.write_bytes(b"not a torch file")
     result = runner.invoke(app, ["track", "line"])
     assert result.exit_code == 1, result.output
-    assert result.output.splitlines()[-1].startswith("initlab: error: saving a model for MLflow: "), result.output
+    last = result.output.splitlines()[-1]  # after MLflow's INFO lines of a new store
+    assert last.startswith(f"initlab: error: {bad}: unreadable"), result.output
     statuses = {r.info.run_name: r.info.status for r in all_runs(client())}
     assert statuses[bad.stem] == "FAILED" and "RUNNING" not in statuses.values()
     assert not Path("pipeline/tracking.json").exists()
@@ -216,14 +212,94 @@ def test_evaluate_without_a_trained_study_is_one_line_naming_the_stage(project):
     assert f"{LINE}/runs.csv missing; run `dvc repro train@line` first" in result.output
 
 
-def test_an_interruption_swallowed_by_a_destructor_is_raised_at_the_next_check():
-    from initlab.tracking import Terminated, raise_if_interrupted, sigterm_raises
+def _set_store_timeout(seconds: float) -> None:
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    p["tracking"]["store_timeout_s"] = seconds
+    Path("params.yaml").write_text(yaml.safe_dump(p))
 
-    class Collected:  # SQLAlchemy's weakref callbacks are where a real SIGTERM was swallowed
-        def __del__(self):
-            raise Terminated("signal 15")
 
-    with pytest.raises(Terminated), sigterm_raises():
-        Collected()  # its exception goes to sys.unraisablehook, not to this frame
-        raise_if_interrupted()
-        pytest.fail("the swallowed SIGTERM was not raised")
+def _broken_store(kind: str, tmp_path: Path, stack) -> str:
+    """MLFLOW_TRACKING_URI of a store that cannot be used, made real: sockets, files."""
+    import socket
+    import sqlite3
+
+    db = tmp_path / "broken.db"
+    if kind in ("refused", "silent"):
+        sock = stack.enter_context(socket.socket())
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        if kind == "refused":
+            sock.close()  # nothing listens there now
+        else:
+            sock.listen()  # the kernel completes the connection; nobody ever answers
+        return f"http://127.0.0.1:{port}"
+    if kind == "garbage":
+        db.write_bytes(os.urandom(8192))
+    elif kind == "half-made":  # what a store killed during its migrations looked like
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY)")
+        con.commit()
+        con.close()
+    elif kind == "truncated":
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 2])
+    return f"sqlite:///{db}"
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("refused", "no store answered within 2 s"),
+    ("silent", "no store answered within 2 s"),
+    ("garbage", "is not a whole MLflow store (file is not a database)"),
+    ("half-made", "is not a whole MLflow store (no such table: alembic_version)"),
+    ("truncated", "is not a whole MLflow store"),
+])  # fmt: skip
+def test_a_store_that_cannot_be_used_fails_fast_in_one_line(project, tmp_path, monkeypatch, kind, says):
+    import contextlib
+    import time
+
+    _set_store_timeout(2)
+    with contextlib.ExitStack() as stack:
+        uri = _broken_store(kind, tmp_path, stack)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        t0 = time.monotonic()
+        result = runner.invoke(app, ["track", "line"])
+        seconds = time.monotonic() - t0
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"initlab: error: MLFLOW_TRACKING_URI={uri}: ") and says in result.output
+    assert seconds < 2 + 3, seconds  # the deadline, and the time to build the runs
+    assert not Path("pipeline/tracking.json").exists()
+
+
+def test_an_empty_store_file_is_made_a_store(project, tmp_path, monkeypatch):
+    db = tmp_path / "empty.db"
+    db.write_bytes(b"")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    assert track("line")["logged"] == 3
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no temporary left
+
+
+def test_a_run_left_running_by_a_dead_process_is_ended_killed_and_logged_again(project):
+    from initlab.tracking import OWNER_TAG
+
+    first = track("line")["runs"]["line"]
+    cl = client()
+    orphan = sorted(first)[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = json.loads(json.dumps(cl.get_run(first[orphan]).data.tags[OWNER_TAG])).rpartition(":")[0]
+    cl.set_tag(first[orphan], OWNER_TAG, f"{host}:{dead.stdout.strip()}")
+    cl.update_run(first[orphan], status="RUNNING")  # as a SIGKILL would have left it, before its end
+    live = sorted(first)[1]
+    cl.set_tag(first[live], OWNER_TAG, f"{host}:{os.getppid()}")  # a process that is alive: not touched
+    cl.update_run(first[live], status="RUNNING")
+
+    result = runner.invoke(app, ["track", "line"])
+    assert result.exit_code == 0, result.output
+    assert "ended KILLED 1 runs left RUNNING by a killed track" in result.output
+    again = json.loads(Path("pipeline/tracking.json").read_text())["runs"]["line"]
+    assert cl.get_run(first[orphan]).info.status == "KILLED" and again[orphan] != first[orphan]
+    assert cl.get_run(first[live]).info.status == "RUNNING"
+    assert cl.get_run(again[orphan]).info.status == "FINISHED"

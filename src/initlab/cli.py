@@ -94,13 +94,14 @@ def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     _done(f"normalize {study}: statistics of {s['n_fit']} training rows", t0)
 
 
-def _check_device(dev: str) -> str:
+def _check_device(dev: str, where: str) -> str:
+    """``dev`` if this machine has it; ``where`` names its source in the error (flag or params)."""
     import torch
 
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsError(f"--device {dev}: no CUDA device here; allowed: cpu")
+        raise ParamsError(f"{where} {dev}: no CUDA device here; allowed: cpu")
     if not (dev == "cpu" or dev.startswith("cuda")):
-        raise ParamsError(f"--device {dev!r}; allowed: cpu, cuda, cuda:N")
+        raise ParamsError(f"{where} {dev!r}; allowed: cpu, cuda, cuda:N")
     return dev
 
 
@@ -117,17 +118,16 @@ def train(
     track` logs the runs).
     """
     from initlab.io import atomic_path, write_json
-    from initlab.signals import raise_if_interrupted, sigterm_raises
+    from initlab.signals import sigterm_raises
     from initlab.train import save_results, train_study
 
     p = load_params(params)
     p.study(study)
-    dev = _check_device(device or p.device)
+    dev = _check_device(device, "--device") if device else _check_device(p.device, f"device: in {params}")
     t0 = time.perf_counter()
     with sigterm_raises():
         results = train_study(p, study, Paths(), dev)
         seconds = time.perf_counter() - t0
-        raise_if_interrupted()
         with atomic_path(Paths().trained(study)) as out:
             save_results(results, out)
         write_json(Paths().timing(f"train-{study}"), {
@@ -179,28 +179,24 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.io import write_json
-    from initlab.tracking import (
-        log_studies,
-        model_saver,
-        raise_if_interrupted,
-        sigterm_raises,
-        tracking_uri,
-        trained_runs,
-    )
+    from initlab.signals import sigterm_raises
+    from initlab.tracking import log_studies, tracking_uri, trained_runs
 
     p = load_params(params)
     paths = Paths()
     names = list(dict.fromkeys(studies)) if studies else list(p.studies)
     for name in names:
         p.study(name)
-    with sigterm_raises(), model_saver(p) as saver:
+    with sigterm_raises():
         runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
-        out = log_studies(p, runs, saver=saver)
-        raise_if_interrupted()
+        out = log_studies(p, runs)
         write_json(paths.tracked, {"runs": out["runs"]})  # the same when the store holds the same runs
         seconds = time.perf_counter() - t0
         write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
-                                           "logged": out["logged"], "skipped": out["skipped"]})  # fmt: skip
+                                           **{k: out[k] for k in ("logged", "skipped", "orphans")}})  # fmt: skip
+    if out["orphans"]:
+        typer.echo(f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
+                   "their models were logged again", err=True)  # fmt: skip
     typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
                f"{seconds:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
 
@@ -243,7 +239,7 @@ def bench(
     from initlab.io import write_json
 
     p = load_params(params)
-    device = _check_device(device)
+    device = _check_device(device, "--device")
     paths = Paths()
     for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
         if not need.exists():

@@ -234,6 +234,7 @@ class StudyTrain(Strict):
 class TrackingParams(Strict):
     max_points_per_metric: PosInt = 1000
     log_models: bool = True
+    store_timeout_s: PosFloat = 10.0
 
 
 class ReportParams(Strict):
@@ -271,9 +272,10 @@ class StudyParams(Strict):
     @model_validator(mode="after")
     def _inits_named(self) -> StudyParams:
         st = self.train
-        for label in list(st.inits) + ([st.reproduce.init] if st.reproduce else []):
+        named = [("train.inits", label) for label in st.inits]
+        for where, label in named + ([("train.reproduce.init", st.reproduce.init)] if st.reproduce else []):
             if label not in self.inits:
-                raise ValueError(f"train.inits: {label!r} is not in this study's inits; "
+                raise ValueError(f"{where}: {label!r} is not in this study's inits; "
                                  f"allowed: {', '.join(self.inits)}")  # fmt: skip
         if st.reproduce:
             for name in st.reproduce.losses:

@@ -46,13 +46,13 @@ ECG_SHA256 = "f20ad3365fb9b7f845d0e5c48b6fe67081377ee466c3a220b7f69f35c8958baf"
 MIRROR_HINT = "set INITLAB_DATA_MIRROR to a folder holding fashion-mnist/ and ecg/"
 
 
-def verify(path: Path, expected: str) -> None:
+def verify(path: Path, expected: str, source: Path | None = None) -> None:
+    """Check ``path``'s SHA-256; an error names ``source`` (a mirror's file) where it came from one."""
     actual = sha256(path)
     if actual != expected:
-        raise DataError(
-            f"{path}: checksum mismatch: expected sha256 {expected}, got {actual}; "
-            "the file is truncated or altered; delete it and download again"
-        )
+        fix = "replace it with the original" if source else "delete it and download again"
+        raise DataError(f"{source or path}: checksum mismatch: expected sha256 {expected}, got {actual}; "
+                        f"the file is truncated or altered; {fix}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- download
@@ -150,6 +150,7 @@ def _fashion_mnist(out: Path, url: str | None) -> None:
                     shutil.copyfileobj(fin, fout)
                 except (OSError, EOFError) as exc:
                     raise DataError(f"{src}: corrupt gzip ({exc}); replace the file") from None
+            verify(raw / name, FASHION_MNIST_SHA256[name], source=src)
     else:
         from torchvision.datasets import FashionMNIST
 
@@ -162,8 +163,8 @@ def _fashion_mnist(out: Path, url: str | None) -> None:
             raise DataError(f"cannot download Fashion-MNIST: {exc}; no network? {MIRROR_HINT}") from None
         for gz in raw.glob("*.gz"):
             gz.unlink()
-    for name, expected in FASHION_MNIST_SHA256.items():
-        verify(raw / name, expected)
+        for name, expected in FASHION_MNIST_SHA256.items():
+            verify(raw / name, expected)
 
 
 def _ecg(out: Path, url: str) -> None:
@@ -177,7 +178,7 @@ def _ecg(out: Path, url: str) -> None:
         shutil.copyfile(src, dest)
     else:
         _fetch(url, dest)
-    verify(dest, ECG_SHA256)
+    verify(dest, ECG_SHA256, source=src if mirror is not None else None)
 
 
 def download(study: str, sp: StudyParams, paths: Paths) -> Path:

@@ -4,6 +4,7 @@ stage outputs, whose errors name the broken file and the stage that writes it.""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -27,6 +28,19 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one that is not ours may still be)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` (file or folder); rename it onto ``path`` on success.
@@ -36,7 +50,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed process
+        pid = old.name.removeprefix(f".{path.name}.").split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
