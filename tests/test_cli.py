@@ -277,6 +277,21 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
 
 
+def of_circles(path: Path) -> None:
+    """The file as another study's would be (one copied over another): its study says circles."""
+    import json
+
+    import numpy as np
+
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        with open(path, "wb") as f:
+            np.savez(f, **{**arrays, "study": np.array("circles")})
+    else:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "study": "circles"}))
+
+
 BROKEN = [  # (file, how, the stage that reads it, what the one line says)
     ("pipeline/prepared/line.npz", truncate, "normalize", "unreadable"),
     ("pipeline/prepared/line.npz", truncate, "train", "unreadable"),
@@ -286,7 +301,14 @@ BROKEN = [  # (file, how, the stage that reads it, what the one line says)
     ("pipeline/train/line/runs.csv", lambda p: p.write_text(""), "evaluate", "unreadable"),
     ("pipeline/train/line/runs.csv", lambda p: p.write_text("a,b\n1,2\n"), "evaluate", "no column run_name"),
     ("pipeline/train/line/curves.npz", truncate, "report", "train@line"),
-]
+    ("pipeline/raw/line/line.npz", lambda p: shutil.rmtree(p.parent), "prepare",
+     "missing; run `dvc repro -f download@line`"),
+    ("pipeline/prepared/line.npz", of_circles, "normalize",
+     "holds study 'circles', not 'line'; run `dvc repro -f prepare@line`"),
+    ("pipeline/prepared/line.json", of_circles, "train", "holds study 'circles', not 'line'"),
+    ("pipeline/normalize/line.json", of_circles, "evaluate",
+     "holds study 'circles', not 'line'; run `dvc repro -f normalize@line`"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "breaks", "stage", "message"), BROKEN,

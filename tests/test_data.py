@@ -95,7 +95,8 @@ def test_an_altered_fashion_mnist_mirror_file_is_named_as_the_mirror_file(tmp_pa
     monkeypatch.setenv("INITLAB_DATA_MIRROR", str(mirror))
     with pytest.raises(data.DataError) as err:
         data.download("fashion_mnist", params.study("fashion_mnist"), Paths(tmp_path / "root"))
-    assert str(err.value).startswith(f"{bad}: checksum mismatch") and "replace it with the original" in str(err.value)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: checksum mismatch") and "replace it with the original" in msg
 
 
 def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):

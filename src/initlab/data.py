@@ -304,6 +304,7 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     write_npz(
         paths.prepared(study),
         x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **extra,
+        study=np.array(study),
     )  # fmt: skip
     majority = int(np.bincount(y_train, minlength=n_classes).argmax())
     summary.update(
@@ -328,7 +329,7 @@ def normalize_stats(study: str, paths: Paths) -> dict:
     ``zscore`` is (x * scale - mean) / std per feature; ``batchnorm`` is a BatchNorm1d input
     layer inside the model (seed 002), so it uses the unscaled-by-statistics inputs.
     """
-    d = read_npz(paths.prepared(study), ("x_train",))
+    d = read_npz(paths.prepared(study), ("x_train",), study=study)
     scale = 1 / 255 if d["x_train"].dtype == np.uint8 else 1.0
     x = d["x_train"].astype(np.float64) * scale
     std = x.std(axis=0)
@@ -350,8 +351,8 @@ def load_split(
     """Model inputs and labels of one split, normalised with training-split statistics."""
     import torch
 
-    d = read_npz(paths.prepared(study), (f"x_{split}", f"y_{split}"))
-    stats = read_json(paths.norm_stats(study))
+    d = read_npz(paths.prepared(study), (f"x_{split}", f"y_{split}"), study=study)
+    stats = read_json(paths.norm_stats(study), study=study)
     x = torch.from_numpy(d[f"x_{split}"]).to(device=device, dtype=torch.float32)
     if stats["scale"] != 1.0:
         x = x * stats["scale"]

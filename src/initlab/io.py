@@ -86,16 +86,24 @@ def unreadable(path: Path, exc: BaseException) -> DataError:
     return DataError(f"{path}: {why}{_fix(path)}".replace("\n", " "))
 
 
-def read_npz(path: Path, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` written by a stage; ``keys`` must be among them."""
+def _check_study(path: Path, found: Any, study: str | None) -> None:
+    """A stage input of another study (a file copied over, a folder renamed) is refused."""
+    if study is not None and str(found) != study:
+        raise DataError(f"{path}: holds study {str(found)!r}, not {study!r}{_fix(path)}")
+
+
+def read_npz(path: Path, keys: tuple[str, ...] = (), study: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by a stage; ``keys`` must be among them, and its
+    ``study`` array must be ``study`` when given."""
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise unreadable(path, exc) from None
-    missing = [k for k in keys if k not in out]
+    missing = [k for k in (*keys, *(("study",) if study else ())) if k not in out]
     if missing:
         raise DataError(f"{path}: no array {', '.join(missing)}{_fix(path)}")
+    _check_study(path, out.get("study"), study)
     return out
 
 
@@ -130,11 +138,15 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, study: str | None = None) -> Any:
+    """A JSON stage output; its ``study`` key must be ``study`` when given."""
     try:
-        return json.loads(Path(path).read_text())
+        out = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise unreadable(path, exc) from None
+    if study is not None:
+        _check_study(path, out.get("study") if isinstance(out, dict) else None, study)
+    return out
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -100,7 +100,7 @@ def fig_loss_curves(df, curves, title: str, out: Path) -> None:
 
 
 def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
-    d = read_npz(paths.prepared(study))
+    d = read_npz(paths.prepared(study), study=study)
     x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
     y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
     pick = df[df["reproduce"]] if df["reproduce"].any() else df

@@ -24,6 +24,7 @@ import math
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +69,13 @@ def _flat(prefix: str, obj) -> dict[str, str]:
 
 def _same_rows(a, b) -> bool:
     """Whether two tables hold the same rows in their shared columns (floats to 1e-12)."""
-    import pandas as pd
+    from pandas.testing import assert_frame_equal
 
-    if list(a["run_name"]) != list(b["run_name"]):
+    shared = sorted((set(a.columns) & set(b.columns)) - {"arch"})
+    try:
+        assert_frame_equal(a[shared], b[shared], check_dtype=False, rtol=1e-12, atol=0)
+    except AssertionError:
         return False
-    for col in (set(a.columns) & set(b.columns)) - {"arch"}:
-        x, y = a[col], b[col]
-        if pd.api.types.is_float_dtype(x) and pd.api.types.is_float_dtype(y):
-            if not np.allclose(x.to_numpy(), y.to_numpy(), rtol=1e-12, atol=0, equal_nan=True):
-                return False
-        elif list(x.astype(str)) != list(y.astype(str)):
-            return False
     return True
 
 
@@ -261,16 +258,10 @@ def log_run(cl, experiment: str, r: TrainedRun, tags: dict, max_points: int, mod
             run_id = run.info.run_id
         with deferred_signals(sql):
             log_batch(cl, run_id, metrics, params)
-        if models is not None:
-            local = _local_dir(run.info.artifact_uri)
-            if local is not None:  # the default: save it in place of copying it there
-                models.save(r, local / "model")
-            else:
-                import tempfile
-
-                with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-                    models.save(r, Path(tmp) / "model")
-                    cl.log_artifacts(run_id, f"{tmp}/model", "model")
+        if models is not None:  # saved aside, then copied into the run's artifacts (local or remote)
+            with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
+                models.save(r, Path(tmp) / "model")
+                cl.log_artifacts(run_id, f"{tmp}/model", "model")
         status = "FINISHED"
         return run_id
     except KeyboardInterrupt:
@@ -282,24 +273,12 @@ def log_run(cl, experiment: str, r: TrainedRun, tags: dict, max_points: int, mod
                 cl.set_terminated(run_id, status)
 
 
-def _local_dir(uri: str) -> Path | None:
-    """The folder of a local artifact URI (a path or ``file:``); None for remote ones."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(unquote(parsed.path))
-    return Path(uri) if parsed.scheme == "" else None
-
-
 def log_studies(params: Params, studies: dict[str, list[TrainedRun]], progress: bool | None = None) -> dict:
     """Log every run of ``studies`` not already FINISHED in its study's experiment.
 
     Returns ``{"runs": {study: {run_name: run_id}}, "logged": n, "skipped": k, "orphans": m}``;
     a skipped run's id is the one already in the store. A store error is one ``StoreError`` line.
     """
-    import tempfile
-
     from tqdm.auto import tqdm
 
     uri, settings = tracking_uri(), params.tracking

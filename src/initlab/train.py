@@ -303,7 +303,7 @@ def train_study(
 
     sp = params.study(study)
     st: StudyTrain = sp.train
-    summary = read_json(paths.prepared(study).with_suffix(".json"))
+    summary = read_json(paths.prepared(study).with_suffix(".json"), study=study)
     n_classes = summary["n_classes"]
     n_train = summary["sizes"]["train"]
     vs = variants(params, study)
