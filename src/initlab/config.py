@@ -177,13 +177,33 @@ class ModelSpec(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-class Reproduce(Strict):
-    """The seed's own run: one seed, the whole training data, no held-out split."""
+def _distinct(v: list) -> list:
+    """A repeated value would train the same run twice under one name."""
+    repeated = sorted({x for x in v if v.count(x) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{', '.join(map(str, repeated))} given twice; allowed: distinct values")
+    return v
 
-    seed: int
-    init: str
-    losses: list[str]
-    all_data: bool = False  # True: train on train + validation + test, as the seed did
+
+class Reproduce(Strict):
+    """The seed's own runs, measured as its code measures them: rows named ``reproduce-...``.
+
+    Each of ``inits`` x ``losses`` x ``seeds`` (the study's first learning rate, no normalisation)
+    is one run. ``all_data``: train on train + validation + test, as seeds 000 and 002 did.
+    ``split: shuffle``: seed 001's split, ``np.random.shuffle`` of the training pool (the study's
+    training and validation rows, in the dataset's order), seeded by the run's seed, its first
+    ``split.val_fraction`` the validation rows; not stratified. ``validate_with_dropout``: seed
+    001 never calls ``model.eval()``, so its validation accuracy is measured with dropout on.
+    """
+
+    inits: list[str] = Field(min_length=1)
+    losses: list[str] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    all_data: bool = False
+    split: Literal["study", "shuffle"] = "study"
+    validate_with_dropout: bool = False
+
+    _distinct_values = field_validator("inits", "losses", "seeds")(_distinct)
 
 
 class StudyTrain(Strict):
@@ -221,14 +241,7 @@ class StudyTrain(Strict):
             raise ValueError("empty list; allowed: one or more positive learning rates")
         return v
 
-    @field_validator("lr", "seeds", "inits", "losses", "normalize")
-    @classmethod
-    def _distinct(cls, v: list) -> list:
-        """A repeated value would train the same run twice under one name."""
-        repeated = sorted({x for x in v if v.count(x) > 1}, key=str)
-        if repeated:
-            raise ValueError(f"{', '.join(map(str, repeated))} given twice; allowed: distinct values")
-        return v
+    _distinct_values = field_validator("lr", "seeds", "inits", "losses", "normalize")(_distinct)
 
 
 class TrackingParams(Strict):
@@ -273,7 +286,8 @@ class StudyParams(Strict):
     def _inits_named(self) -> StudyParams:
         st = self.train
         named = [("train.inits", label) for label in st.inits]
-        for where, label in named + ([("train.reproduce.init", st.reproduce.init)] if st.reproduce else []):
+        named += [("train.reproduce.inits", label) for label in (st.reproduce.inits if st.reproduce else [])]
+        for where, label in named:
             if label not in self.inits:
                 raise ValueError(f"{where}: {label!r} is not in this study's inits; "
                                  f"allowed: {', '.join(self.inits)}")  # fmt: skip
@@ -394,9 +408,10 @@ def variants(params: Params, study: str) -> list[Variant]:
         )
     ]
     if st.reproduce:
+        r = st.reproduce
         out += [
-            Variant(study, st.reproduce.init, loss, "none", st.lr[0], st.reproduce.seed, True)
-            for loss in st.reproduce.losses
+            Variant(study, init, loss, "none", st.lr[0], seed, True)
+            for init, loss, seed in itertools.product(r.inits, r.losses, r.seeds)
         ]
     return out
 
@@ -431,6 +446,9 @@ class Paths:
 
     def evaluated(self, study: str) -> Path:
         return self.pipeline / "evaluate" / f"{study}.csv"
+
+    def variants(self, study: str) -> Path:
+        return self.pipeline / "evaluate" / f"{study}_variants.csv"
 
     @property
     def tracked(self) -> Path:

@@ -284,9 +284,10 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         cls = getattr(torchvision.datasets, src.dataset)
         train, test = cls(raw, train=True, download=False), cls(raw, train=False, download=False)
         x, y = np.asarray(train.data).reshape(len(train.data), -1), np.asarray(train.targets)
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=sp_split.val_fraction, stratify=y, random_state=seed
-        )
+        i_train, i_val = train_test_split(np.arange(len(y)), test_size=sp_split.val_fraction, stratify=y,
+                                          random_state=seed)  # fmt: skip
+        x_train, x_val, y_train, y_val = x[i_train], x[i_val], y[i_train], y[i_val]
+        extra = {"index_train": i_train, "index_val": i_val}  # rows of the dataset: its order
         x_test = np.asarray(test.data).reshape(len(test.data), -1)
         y_test = np.asarray(test.targets)
         splits = (x_train, y_train, x_val, y_val, x_test, y_test)
@@ -298,6 +299,9 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         x_train, y_train = x_train[: sp_split.train_subset], y_train[: sp_split.train_subset]
         n_val = max(sp_split.train_subset // 4, 10)
         x_val, y_val = x_val[:n_val], y_val[:n_val]
+        for k, n in (("index_train", len(x_train)), ("index_val", n_val)):
+            if k in extra:
+                extra[k] = extra[k][:n]
     if sp_split.test_subset:
         x_test, y_test = x_test[: sp_split.test_subset], y_test[: sp_split.test_subset]
     n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
@@ -361,3 +365,23 @@ def load_split(
         std = torch.tensor(stats["std"], dtype=torch.float32, device=device)
         x = (x - mean) / std
     return x, torch.from_numpy(d[f"y_{split}"]).to(device)
+
+
+def shuffled_split(study: str, normalize: str, paths: Paths, seed: int, val_fraction: float,
+                   device: str = "cpu") -> dict:  # fmt: skip
+    """Seed 001's split of the training pool (the training and validation rows, back in the
+    dataset's order): ``np.random.shuffle`` of its indices, seeded by ``seed``; the first
+    ``floor(val_fraction * n)`` are validation, the rest training. Not stratified."""
+    import torch
+
+    (x_tr, y_tr), (x_va, y_va) = (load_split(study, s, normalize, paths, device) for s in ("train", "val"))
+    x, y = torch.cat([x_tr, x_va]), torch.cat([y_tr, y_va])
+    d = read_npz(paths.prepared(study), study=study)
+    if "index_train" in d:  # back to the dataset's order, which the seed's indices count in
+        order = torch.from_numpy(np.argsort(np.concatenate([d["index_train"], d["index_val"]]), kind="stable"))
+        x, y = x[order.to(device)], y[order.to(device)]
+    indices = np.arange(len(y))
+    np.random.RandomState(seed).shuffle(indices)  # = np.random.seed(seed); np.random.shuffle(indices)
+    split = int(np.floor(val_fraction * len(y)))
+    val, train = (torch.from_numpy(i).to(device) for i in (indices[:split], indices[split:]))
+    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val]}

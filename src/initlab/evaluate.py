@@ -67,8 +67,35 @@ def summarise(df: pd.DataFrame) -> dict:
     return out
 
 
+def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: mean and 95 % interval over seeds, and a verdict against the best
+    (``initlab.stats``). The study's own variants are compared on test accuracy; its
+    ``reproduce-`` rows, the seed's protocol, among themselves on the seed's figure, validation
+    accuracy (measured as the seed measured it)."""
+    from initlab.stats import verdicts
+
+    parts = []
+    for reproduce, metric in ((False, "test_accuracy"), (True, "val_accuracy")):
+        runs = df[df["reproduce"] == reproduce]
+        if not len(runs):
+            continue
+        v = verdicts(runs, metric)
+        v.insert(1, "metric", metric)
+        ident = runs.groupby("variant", sort=False)[["init", "loss", "normalize", "lr", "reproduce"]].first()
+        test = verdicts(runs, "test_accuracy")[["variant", "mean", "ci_low", "ci_high"]]
+        test.columns = ["variant", "test_mean", "test_ci_low", "test_ci_high"]
+        parts.append(v.merge(ident, left_on="variant", right_index=True).merge(test, on="variant"))
+    out = pd.concat(parts, ignore_index=True)
+    cols = ["variant", "init", "loss", "normalize", "lr", "reproduce", "n", "diverged", "metric", "mean", "ci_low",
+            "ci_high", "p_vs_best", "verdict", "test_mean", "test_ci_low", "test_ci_high"]  # fmt: skip
+    return out[cols]
+
+
 def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
-    """The per-run table (``initlab track`` logs its test metrics) and the DVC metrics."""
+    """The per-run table (``initlab track`` logs its test metrics), the per-variant table with
+    intervals and verdicts, and the DVC metrics."""
     with atomic_path(paths.evaluated(study)) as tmp:
         df.drop(columns=["arch"]).to_csv(tmp, index=False)
+    with atomic_path(paths.variants(study)) as tmp:
+        variant_stats(df).to_csv(tmp, index=False, float_format="%.6g")
     write_json(paths.metrics(study), summarise(df))

@@ -25,23 +25,96 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {0.0 if np.isnan(std) else std:.{digits}f}"
 
 
-def variant_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: mean ± std over seeds, diverged count; best test accuracy first."""
+def _ci(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """``0.873 [0.861, 0.885]``: a mean and its 95 % interval ("—" where there is none)."""
+    if not np.isfinite(mean):
+        return "—"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _ci_of(r, prefix: str = "") -> str:
+    """``_ci`` of a variants-table row: its ``mean`` (or ``test_mean`` with ``prefix="test_"``)."""
+    return _ci(r[f"{prefix}mean"], r[f"{prefix}ci_low"], r[f"{prefix}ci_high"])
+
+
+def _verdict(r) -> str:
+    return f"{r['verdict']} (p = {r['p_vs_best']:.2g})" if np.isfinite(r["p_vs_best"]) else r["verdict"]
+
+
+def variant_table(vt: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The variants of ``vt`` (``pipeline/evaluate/<study>_variants.csv``), best first; variants
+    whose figures print the same share one row."""
     rows = []
-    for variant, g in df.groupby("variant"):
-        r = g.iloc[0]
-        rows.append({
-            "variant": variant, "init": r["init"], "loss": r["loss"], "normalize": r["normalize"],
-            "lr": f"{r['lr']:g}",
-            "train loss": _pm(g["train_loss"].mean(), g["train_loss"].std()),
-            "val acc": _pm(g["val_accuracy"].mean(), g["val_accuracy"].std()),
-            "test acc": _pm(g["test_accuracy"].mean(), g["test_accuracy"].std()),
-            "diverged": f"{int(g['diverged'].sum())}/{len(g)}" if g["diverged"].any() else "no",
-            "_key": -np.nan_to_num(g["test_accuracy"].mean(), nan=-1.0),
-            "_loss": np.nan_to_num(g["train_loss"].mean(), nan=np.inf),
-        })  # fmt: skip
-    out = pd.DataFrame(rows).sort_values(["_key", "_loss", "variant"])
-    return out.drop(columns=["_key", "_loss"])
+    order = vt.assign(_best=vt["verdict"] != "best")
+    for r in order.sort_values(["_best", "mean", "variant"], ascending=[True, False, True],
+                               na_position="last").to_dict("records"):  # fmt: skip
+        rows.append({"variants": f"`{r['variant']}`", label: _ci_of(r),
+                     "verdict (paired t-test vs best, Holm)": _verdict(r),
+                     "diverged": f"{r['diverged']}/{r['n']}" if r["diverged"] else "no",
+                     "seeds": r["n"]})  # fmt: skip
+    table = pd.DataFrame(rows)
+    same = [c for c in table.columns if c != "variants"]
+    grouped = table.groupby(same, sort=False, dropna=False)["variants"].agg(", ".join).reset_index()
+    return grouped[["variants", *same]]
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, disable_numparse=True)  # "0.990" stays "0.990"
+
+
+def summary(sp, vt: pd.DataFrame, baseline: float) -> str:
+    """Three to five sentences from the numbers: the question, the answer, the evidence."""
+    own = vt[~vt["reproduce"]]
+    best = own[own["verdict"] == "best"].iloc[0]
+    tie = own[own["verdict"] == "indistinguishable"]
+    worse = own[own["verdict"] == "worse"]
+    chance = own[own["ci_high"].fillna(own["mean"]) <= baseline + 0.02]
+    diverged = own[own["verdict"] == "diverged"]
+    out = [f"*{sp.question}*"] if sp.question else []
+    out.append(f"Best on held-out test accuracy: `{best['variant']}`, "
+               f"{_ci_of(best)} (mean [95 % interval] over {best['n']} seeds).")
+    if len(tie):
+        names = ", ".join(f"`{v}`" for v in tie["variant"].head(4)) + (" …" if len(tie) > 4 else "")
+        out.append(f"{len(tie)} other variant{'s' if len(tie) > 1 else ''} cannot be told apart from it "
+                   f"(paired t-test over seeds, Holm-corrected, p >= 0.05): {names}.")
+    else:
+        out.append("Every other variant is worse than it (paired t-test over seeds, Holm-corrected, p < 0.05).")
+    if len(worse):
+        w = worse.loc[worse["mean"].idxmin()]
+        at_chance = f"; {len(chance)} sit at chance (the majority class scores {baseline:.3f})" if len(chance) else ""
+        verb = "is" if len(worse) == 1 else "are"
+        out.append(f"{len(worse)} {verb} worse, down to `{w['variant']}` at {_ci_of(w)}{at_chance}.")
+    if len(diverged):
+        names = ", ".join(f"`{v}`" for v in diverged["variant"])
+        out.append(f"{len(diverged)} diverged on every seed: {names}.")
+    return " ".join(out)
+
+
+def protocol_table(vt: pd.DataFrame) -> tuple[list[str], str]:
+    """Per init, the seed's protocol figure (its ``reproduce-`` rows: its split, validation with
+    dropout on) beside the proper one of the same models (eval mode, held-out test set) and the
+    study's own run of that init (stratified split, eval mode, test set); and one sentence."""
+    rep = vt[vt["reproduce"]]
+    own = vt[~vt["reproduce"]].set_index(["init", "loss"])
+    lines = ["| init | seed's protocol: validation, dropout on | same models: test, eval mode | "
+             "our run: test, eval mode | gap (pp) |", "|---|---|---|---|---|"]
+    gaps = {}
+    for r in rep.to_dict("records"):
+        o = own.loc[(r["init"], r["loss"])] if (r["init"], r["loss"]) in own.index else None
+        gap = 100 * (r["mean"] - r["test_mean"])
+        gaps[r["init"]] = gap
+        ours = _ci_of(o, "test_") if o is not None else "—"
+        lines.append(f"| {r['init']} | {_ci_of(r)} | "
+                     f"{_ci_of(r, 'test_')} | {ours} | {gap:+.1f} |")  # fmt: skip
+    trained = {k: g for k, g in gaps.items() if np.isfinite(g)}
+    worst = max(trained, key=lambda k: abs(trained[k])) if trained else None
+    sentence = (f"Measured as the seed measures it (dropout on, validation rows of its own unstratified "
+                f"split), an init's figure is {np.mean(list(trained.values())):+.1f} percentage points from the "
+                f"proper one of the same models (eval mode, held-out test set) on average; the gap is largest "
+                f"for `{worst}` ({trained[worst]:+.1f} pp)." if worst else "")
+    return lines, sentence
 
 
 def _curve(curves: dict, run: str, key: str) -> np.ndarray:
@@ -144,10 +217,15 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
     if not len(r):
         return None
     values = r[row.metric]
-    if row.show == "rank":
-        means = r.groupby(row.rank_by)[row.metric].mean().sort_values(ascending=False, kind="stable")
-        ours = f"top {row.top} by {row.label or row.metric}: " + ", ".join(
-            f"{k} {100 * v:.{row.digits}f} %" for k, v in means.head(row.top).items())  # fmt: skip
+    if row.show == "rank":  # decided by paired tests over seeds, not by ranking means
+        from initlab.stats import verdicts
+
+        v = verdicts(r.assign(variant=r[row.rank_by].astype(str)), row.metric).set_index("variant")
+        fmt = lambda k: f"{k} {100 * v.loc[k, 'mean']:.{row.digits}f} %"  # noqa: E731
+        tie = list(v.index[v["verdict"] == "indistinguishable"])
+        ours = (f"best by {row.label or row.metric}: {fmt(v.index[v['verdict'] == 'best'][0])}; "
+                f"indistinguishable from it (paired t-test, Holm): {', '.join(map(fmt, tie)) or 'none'}; "
+                f"worse: {int((v['verdict'] == 'worse').sum())}")  # fmt: skip
     elif row.show == "percent":
         ours = f"{100 * values.mean():.{row.digits}f} %"
     elif row.show == "mean_std":
@@ -182,7 +260,9 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             summaries[study] = read_json(paths.prepared(study).with_suffix(".json"))
     md += ["# initlab report", "",
            "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
-           "held-out test splits unless a row says otherwise. Mean ± std over seeds.", "",
+           "held-out test splits unless a row says otherwise, as the mean over seeds and its 95 % "
+           "interval (Student t). Which variants are best is decided by paired t-tests over seeds "
+           "against the study's best (Holm-corrected), not by ranking means.", "",
            "## The seeds' figures beside ours", ""]  # fmt: skip
     md += seed_comparison(params, frames) + [""]
     for study, df in frames.items():
@@ -190,8 +270,6 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
         curves = read_npz(paths.trained(study) / "curves.npz")
         sp = params.study(study)
         md += [f"## {sp.title}", ""]
-        if sp.question:
-            md += [f"*{sp.question}*", ""]
         sizes = s["sizes"]
         md.append(f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
                   f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}.")
@@ -200,11 +278,22 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
                       f"{s['threshold_bpm']:.2f} (the training split's median unless set); class "
                       f"balance (0/1) train {s['class_balance']['train']}, test "
                       f"{s['class_balance']['test']}.")  # fmt: skip
-        if df["reproduce"].any():
-            md.append("Rows named `reproduce-…` run the seed's own setup"
-                      + (" on all data, so their test accuracy is not held out."
-                         if study == "circles" else "."))  # fmt: skip
-        md += ["", variant_table(df).to_markdown(index=False), ""]
+        vt = read_csv(paths.variants(study), ("variant", "mean", "verdict"))
+        md += ["", summary(sp, vt, s["majority_baseline_test"]), "",
+               _markdown(variant_table(vt[~vt["reproduce"]], "test accuracy [95 % CI]")), ""]
+        if vt["reproduce"].any():
+            rp = sp.train.reproduce
+            if rp.validate_with_dropout or rp.split == "shuffle":
+                lines, sentence = protocol_table(vt)
+                md += ["The seed's own protocol (`reproduce-` rows: "
+                       + ("its own unstratified split, " if rp.split == "shuffle" else "")
+                       + ("validation with dropout on, " if rp.validate_with_dropout else "")
+                       + "the seed's figure is validation accuracy), beside the proper measurement:", "",
+                       *lines, "", sentence, ""]  # fmt: skip
+            else:
+                md += ["Rows named `reproduce-…` run the seed's own setup"
+                       + (" on all data, so their test accuracy is not held out" if rp.all_data else "") + ":", "",
+                       _markdown(variant_table(vt[vt["reproduce"]], "validation accuracy")), ""]
         arch = json.loads(df["arch"].iloc[0])
         if isinstance(sp.data, TorchvisionSource):
             n = params.report.first_batches

@@ -140,12 +140,16 @@ class Stopped(Exception):
     """A stack's training was stopped because another failed or the process was interrupted."""
 
 
-def _evaluate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048):
+def _evaluate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048,
+              dropout: DropoutStreams | None = None):  # fmt: skip
     """Per-model losses and accuracies on ``x``, in row chunks: a 12,000-image split of 14 models
-    is 172 MB of first-layer activations at once, 24 MB per 2,048 rows."""
-    model.eval()
+    is 172 MB of first-layer activations at once, 24 MB per 2,048 rows.
+
+    In eval mode, unless ``dropout`` is given: then in training mode with dropout on, drawing
+    masks from ``dropout``, as seed 001 validates (it never calls ``model.eval()``)."""
+    model.train(dropout is not None)
     with torch.no_grad():
-        out = torch.cat([model(x[..., i : i + rows, :]) for i in range(0, x.shape[-2], rows)], 1)
+        out = torch.cat([model(x[..., i : i + rows, :], dropout) for i in range(0, x.shape[-2], rows)], 1)
         losses, acc = group_loss(out, group_loss.targets(y), y)
     model.train()
     return losses, acc
@@ -191,6 +195,8 @@ def train_group(
     alive = torch.ones(M, dtype=torch.bool)
     # Long full-batch runs (10,000 epochs) are validated at a stride: ~1,000 points per curve.
     val_every = st.val_every or max(1, st.epochs // 1000)
+    seed_protocol = v0.reproduce and st.reproduce is not None and st.reproduce.validate_with_dropout
+    val_masks = masks if seed_protocol else None  # seed 001 validates with dropout on
     step = 0
     model.train()
     for epoch in range(st.epochs):
@@ -216,7 +222,7 @@ def train_group(
             diverged_at[bad] = first[bad]
             alive &= ~bad
         if (epoch + 1) % val_every == 0 or epoch == st.epochs - 1:
-            vl, va = _evaluate(model, data["x_val"], data["y_val"], group_loss)
+            vl, va = _evaluate(model, data["x_val"], data["y_val"], group_loss, dropout=val_masks)
             val_loss[epoch], val_acc[epoch] = vl.cpu(), va.cpu()
         if progress is not None:
             progress.update(M)
@@ -299,6 +305,7 @@ def train_study(
     params: Params, study: str, paths: Paths, device: str = "cpu", show_progress: bool | None = None
 ) -> list[Result]:
     """Train every variant of ``study``; returns results in ``variants()`` order."""
+    from initlab.data import shuffled_split
     from initlab.io import read_json
 
     sp = params.study(study)
@@ -329,12 +336,17 @@ def train_study(
     for group in groups.values():
         v0 = group[0]
         all_data = v0.reproduce and bool(st.reproduce and st.reproduce.all_data)
+        shuffled = v0.reproduce and st.reproduce is not None and st.reproduce.split == "shuffle"
         by_norm = {}
         for v in group:
-            dkey = ("none" if v.normalize == "batchnorm" else v.normalize, all_data)
+            norm = "none" if v.normalize == "batchnorm" else v.normalize
+            if shuffled:  # seed 001's split, its own for each seed (a group is one seed)
+                by_norm[norm] = shuffled_split(study, norm, paths, v0.seed, sp.split.val_fraction, device)
+                continue
+            dkey = (norm, all_data)
             if dkey not in cache:
-                cache[dkey] = load_study_data(study, dkey[0], paths, device, all_data)
-            by_norm[dkey[0]] = cache[dkey]
+                cache[dkey] = load_study_data(study, norm, paths, device, all_data)
+            by_norm[norm] = cache[dkey]
         stacks += stacks_for(st, group, group_data(group, by_norm), n_classes, device)
     results: dict[Variant, Result] = {}
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
