@@ -43,16 +43,22 @@ def line_results(small_root, params):
     return p, small_root
 
 
-def test_report_shows_the_seed_figure_beside_ours_and_one_row_per_variant(line_results):
+def test_report_shows_the_seed_figure_beside_ours_and_each_variant_once_with_its_verdict(line_results):
     p, paths = line_results
     text = render(p, paths, studies=("line",))
     df = pd.read_csv(paths.evaluated("line"))
     mse = df[df["reproduce"] & (df["loss"] == "mse")]["train_accuracy"].mean()
     assert f"| 0.575 | {mse:.3f} |" in text  # the seed's figure, then ours, read from the runs
-    rows = [r for r in text.splitlines() if r.startswith("| ") and "-lr2 " in r]
-    assert sorted(r.split("|")[1].strip() for r in rows) == sorted(df["variant"].unique())
-    acc = [float(r.split("|")[-3].split("±")[0]) for r in rows]  # the test-accuracy column
-    assert acc == sorted(acc, reverse=True)  # best first
+    rows = [r for r in text.splitlines() if r.startswith("| `")]
+    shown = [v.strip(" `") for r in rows for v in r.split("|")[1].split(",")]
+    assert sorted(shown) == sorted(df["variant"].unique())  # every variant once (identical rows grouped)
+    vt = pd.read_csv(paths.variants("line"))
+    own = vt[~vt["reproduce"]]
+    best = own.loc[own["verdict"] == "best", "variant"].item()
+    assert rows[0].split("|")[1].strip().startswith(f"`{best}`") and rows[0].split("|")[3].strip() == "best"
+    assert f"Best on held-out test accuracy: `{best}`" in text  # the summary opens the section
+    worse = own[own["verdict"] == "worse"]
+    assert all(f"`{v}`" in text for v in worse["variant"])
     assert "![line training loss](figures/line_loss.png)" in text
     assert (paths.reports / "figures" / "line_loss.png").stat().st_size > 10_000
 
@@ -65,15 +71,44 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
     assert math.isclose(m["mean_test_acc"], means.mean(), abs_tol=1e-4)
 
 
-def test_compare_rows_show_the_mean_a_percentage_or_a_ranking_of_the_matching_runs():
+def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching_runs():
     from initlab.config import CompareRow
     from initlab.report import compare_row
 
-    df = pd.DataFrame({"init": ["a", "a", "b", "b", "c"], "loss": ["ce", "ce", "ce", "mse", "ce"],
-                       "val_accuracy": [0.5, 0.7, 0.9, 0.1, 0.7]})  # fmt: skip
+    df = pd.DataFrame({"init": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
+                       "seed": [0, 1, 2] * 3 + [0], "diverged": 0,
+                       "loss": ["ce"] * 9 + ["mse"],
+                       "val_accuracy": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, 0.30, 0.31, 0.29, 0.99]})  # fmt: skip
     row = {"seed": "001", "claim": "c", "theirs": "t", "metric": "val_accuracy", "where": {"loss": "ce"}}
-    assert compare_row(CompareRow(**row, digits=2), df) == "| 001 | c | t | 0.70 |"
-    assert compare_row(CompareRow(**row, show="percent", digits=1), df) == "| 001 | c | t | 70.0 % |"
-    ranked = compare_row(CompareRow(**row, show="rank", top=2, digits=0, label="accuracy"), df)
-    assert ranked == "| 001 | c | t | top 2 by accuracy: b 90 %, c 70 % |"
+    assert compare_row(CompareRow(**row, digits=2), df) == "| 001 | c | t | 0.57 |"
+    assert compare_row(CompareRow(**row, show="percent", digits=1), df) == "| 001 | c | t | 57.2 % |"
+    ranked = compare_row(CompareRow(**row, show="rank", digits=0, label="accuracy"), df)
+    # b beats a on every seed by 1-2 points while seeds spread by 10: paired over seeds, a is worse
+    # (its interval overlaps b's; an unpaired look would call them a tie)
+    assert ranked == ("| 001 | c | t | best by accuracy: b 72 %; indistinguishable from it (paired t-test, "
+                      "Holm): none; worse: 2 |")
     assert compare_row(CompareRow(**{**row, "where": {"loss": "l1"}}), df) is None  # no such runs: no row
+
+
+def test_intervals_paired_verdicts_and_holm_correction():
+    from scipy import stats as sps
+
+    from initlab.stats import holm, interval, verdicts
+
+    x = np.array([0.80, 0.70, 0.60])
+    low, high = interval(x)
+    half = sps.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+    assert low == pytest.approx(0.7 - half) and high == pytest.approx(0.7 + half)
+    assert interval(np.array([0.5, 0.5])) == (0.5, 0.5) and all(np.isnan(interval(np.array([0.5]))))
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, then max(2p, prev), then p
+    df = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3 + ["z"] * 3 + ["same"] * 3, "seed": [0, 1, 2] * 4,
+                       "diverged": [0] * 6 + [1] * 3 + [0] * 3,
+                       "acc": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, np.nan, np.nan, np.nan,
+                               0.81, 0.72, 0.62]})  # fmt: skip
+    v = verdicts(df, "acc").set_index("variant")
+    # a trails b on every seed (raw p 0.038), but two comparisons have p-values: Holm doubles it
+    assert v.loc["b", "verdict"] == "best" and v.loc["a", "verdict"] == "indistinguishable"
+    assert v.loc["same", "verdict"] == "indistinguishable" and v.loc["same", "p_vs_best"] == 1.0
+    assert v.loc["z", "verdict"] == "diverged"
+    raw = sps.ttest_rel([0.80, 0.70, 0.60], [0.81, 0.72, 0.62]).pvalue
+    assert v.loc["a", "p_vs_best"] == pytest.approx(min(1, 2 * raw))  # two comparisons with a p-value

@@ -83,7 +83,7 @@ def summary(sp, vt: pd.DataFrame, baseline: float) -> str:
         out.append("Every other variant is worse than it (paired t-test over seeds, Holm-corrected, p < 0.05).")
     if len(worse):
         w = worse.loc[worse["mean"].idxmin()]
-        at_chance = f"; {len(chance)} sit at chance (the majority class scores {baseline:.3f})" if len(chance) else ""
+        at_chance = f"; {len(chance)} sit at chance (the majority class: {baseline:.3f})" if len(chance) else ""
         verb = "is" if len(worse) == 1 else "are"
         out.append(f"{len(worse)} {verb} worse, down to `{w['variant']}` at {_ci_of(w)}{at_chance}.")
     if len(diverged):
@@ -121,19 +121,87 @@ def _curve(curves: dict, run: str, key: str) -> np.ndarray:
     return curves.get(f"{run}/{key}", np.array([]))
 
 
-def fig_first_batches(df, curves, n, out: Path) -> None:
-    losses = sorted(df["loss"].unique())
-    fig, axes = plt.subplots(1, len(losses), figsize=(7 * len(losses), 4.8), squeeze=False)
-    for ax, loss in zip(axes[0], losses):
-        sub = df[(df["loss"] == loss) & (df["seed"] == df["seed"].min())]
-        for run in sub.itertuples():
-            ax.plot(_curve(curves, run.run_name, "step_loss")[:n], label=run.init, lw=1)
-        ax.set(title=f"first {n} batches, loss = {loss}", xlabel="batch", ylabel="training loss",
-               yscale="log")  # fmt: skip
-        ax.legend(fontsize=7, ncol=2)
+# One colour family per kind of initialiser, the same in every figure; a study's inits of one
+# family get shades of it, and a line's style is its loss.
+FAMILIES = {"zeros": "constant", "ones": "constant", "constant": "constant",
+            "uniform": "fixed range", "normal": "fixed range", "uniform_rule": "1/√n rule",
+            "normal_rule": "1/√n rule", "default": "PyTorch default", "xavier_uniform": "Xavier",
+            "xavier_normal": "Xavier", "kaiming_uniform": "Kaiming", "kaiming_normal": "Kaiming"}  # fmt: skip
+CMAPS = {"constant": "Greys", "fixed range": "Oranges", "1/√n rule": "Greens", "PyTorch default": "Blues",
+         "Xavier": "Purples", "Kaiming": "Reds"}  # fmt: skip
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def family(inits: dict[str, InitSpec], label: str) -> str:
+    return FAMILIES.get(inits[label].name, inits[label].name) if label in inits else label
+
+
+def line_styles(df: pd.DataFrame, inits: dict[str, InitSpec]) -> tuple[dict, dict]:
+    """Per run's (init, normalize, lr): a colour (its family's colour map, a shade per member);
+    per loss: a line style. Runs that differ in more than their loss get different colours."""
+    keys = list(dict.fromkeys(zip(df["init"], df["normalize"], df["lr"])))
+    by_family: dict[str, list] = {}
+    for k in keys:
+        by_family.setdefault(family(inits, k[0]), []).append(k)
+    colours = {}
+    for fam, members in by_family.items():
+        cmap = plt.get_cmap(CMAPS.get(fam, "YlOrBr"))
+        shades = [0.7] if len(members) == 1 else np.linspace(0.4, 0.95, len(members))
+        colours.update({k: cmap(x) for k, x in zip(members, shades)})
+    styles = {loss: LINESTYLES[i % len(LINESTYLES)] for i, loss in enumerate(sorted(df["loss"].unique()))}
+    return colours, styles
+
+
+def _facets(df: pd.DataFrame, inits: dict[str, InitSpec]) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per initialiser family (or per normalisation, where one family is all there is)."""
+    fams = df["init"].map(lambda i: family(inits, i))
+    if fams.nunique() > 1:
+        return [(f, df[fams == f]) for f in dict.fromkeys(fams)]
+    if df["normalize"].nunique() > 1:
+        return [(f"normalize: {n}", df[df["normalize"] == n]) for n in dict.fromkeys(df["normalize"])]
+    return [("", df)]
+
+
+def _label(run, df: pd.DataFrame) -> str:
+    """The parts of a run's variant that vary in ``df``."""
+    parts = [str(getattr(run, c)) for c in ("init", "loss", "normalize") if df[c].nunique() > 1]
+    if df["lr"].nunique() > 1:
+        parts.append(f"lr {run.lr:g}")
+    return " · ".join(parts) or run.variant
+
+
+def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path) -> None:
+    sub = df[(df["seed"] == df["seed"].min()) & ~df["reproduce"]].sort_values("variant")
+    colours, styles = line_styles(sub, inits)
+    panels = _facets(sub, inits)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, (name, part) in zip(axes.flat, panels):
+        for run in part.itertuples():
+            c = _curve(curves, run.run_name, "step_loss")[:n]
+            if len(c):
+                ax.plot(np.arange(1, len(c) + 1), c, color=colours[run.init, run.normalize, run.lr],
+                        ls=styles[run.loss], lw=1.2, label=_label(run, sub))  # fmt: skip
+        ax.set(title=name, xlabel=xlabel, yscale="log", xscale="log" if logx else "linear")
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training loss (log scale)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def fig_first_batches(df, curves, inits, n, out: Path) -> None:
+    _curve_panels(df, curves, inits, f"training loss over the first {n} batches, seed {df['seed'].min()}",
+                  "batch", n, False, out)  # fmt: skip
+
+
+def fig_loss_curves(df, curves, inits, title: str, out: Path) -> None:
+    _curve_panels(df, curves, inits, title, "optimiser step (log scale)", None, True, out)
 
 
 def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tuple[int, int],
@@ -146,27 +214,12 @@ def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tu
         spec = inits[label]
         w, b = torch.empty(*shape), torch.empty(shape[0])
         init_linear(w, b, spec.name, spec.args, spec.bias, torch.Generator().manual_seed(0))
-        ax.hist(w.flatten().numpy(), bins=80, color="tab:blue")
-        ax.set_title(f"{label}\nmean {w.mean():.3g}, std {w.std():.3g}", fontsize=8)
+        ax.hist(w.flatten().numpy(), bins=80, color=plt.get_cmap(CMAPS.get(family(inits, label), "YlOrBr"))(0.7))
+        ax.set_title(f"{label} ({family(inits, label)})\nmean {w.mean():.3g}, std {w.std():.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(labels):]:
         ax.axis("off")
-    fig.suptitle(f"initial weights of a {shape[1]} -> {shape[0]} layer, per initialiser")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
-def fig_loss_curves(df, curves, title: str, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    sub = df[df["seed"] == df["seed"].min()].sort_values("variant")
-    for run in sub.itertuples():
-        c = _curve(curves, run.run_name, "step_loss")
-        if len(c):
-            ax.plot(np.arange(1, len(c) + 1), c, label=run.variant, lw=1)
-    ax.set(title=title, xlabel="optimiser step", ylabel="training loss", xscale="log",
-           yscale="log")  # fmt: skip
-    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"initial weights of a {shape[1]} -> {shape[0]} layer, per initialiser (colour: its family)")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -297,7 +350,7 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
         arch = json.loads(df["arch"].iloc[0])
         if isinstance(sp.data, TorchvisionSource):
             n = params.report.first_batches
-            fig_first_batches(df, curves, n, figs / f"{study}_first_batches.png")
+            fig_first_batches(df, curves, sp.inits, n, figs / f"{study}_first_batches.png")
             labels = list(dict.fromkeys(df["init"]))
             fig_init_histograms(sp.inits, labels, (arch["sizes"][1], arch["sizes"][0]),
                                 figs / f"{study}_init_histograms.png")  # fmt: skip
@@ -318,7 +371,7 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             fig_decision_boundary(df, study, paths, figs / f"{study}_boundary.png")
             md += [f"![{study} decision boundary](figures/{study}_boundary.png)", ""]
         else:
-            fig_loss_curves(df, curves, f"{study}: training loss, seed {df['seed'].min()}",
+            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, seed {df['seed'].min()}",
                             figs / f"{study}_loss.png")  # fmt: skip
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
     return "\n".join(md) + "\n"
