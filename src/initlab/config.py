@@ -450,6 +450,9 @@ class Paths:
     def variants(self, study: str) -> Path:
         return self.pipeline / "evaluate" / f"{study}_variants.csv"
 
+    def curves(self, study: str) -> Path:
+        return self.pipeline / "evaluate" / f"{study}_curves.csv"
+
     @property
     def tracked(self) -> Path:
         return self.pipeline / "tracking.json"

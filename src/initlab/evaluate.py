@@ -91,11 +91,37 @@ def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
+CURVE_POINTS = 200  # per variant in the DVC plot of training loss; the full curves: curves.npz
+
+
+def loss_curves(df: pd.DataFrame, curves: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Each variant's training loss per step, the mean over its seeds, at up to ``CURVE_POINTS``
+    log-spaced steps (long format: variant, step, train_loss), for ``dvc plots``."""
+    parts = []
+    for variant, g in df.groupby("variant", sort=True):
+        runs = [curves.get(f"{r}/step_loss", np.array([])) for r in g["run_name"]]
+        n = min(len(c) for c in runs)
+        if n == 0:  # diverged at its first step
+            continue
+        mean = np.nanmean(np.stack([c[:n] for c in runs]), axis=0)
+        steps = np.unique(np.geomspace(1, n, CURVE_POINTS).astype(int))
+        keep = np.isfinite(mean[steps - 1]) & (mean[steps - 1] > 0)
+        loss = mean[steps - 1]
+        parts.append(pd.DataFrame({"variant": variant, "step": steps[keep], "train_loss": loss[keep]}))
+    empty = pd.DataFrame(columns=["variant", "step", "train_loss"])
+    return pd.concat(parts, ignore_index=True) if parts else empty
+
+
 def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     """The per-run table (``initlab track`` logs its test metrics), the per-variant table with
-    intervals and verdicts, and the DVC metrics."""
+    intervals and verdicts, the training-loss curves as data, and the DVC metrics."""
+    from initlab.io import read_npz
+
     with atomic_path(paths.evaluated(study)) as tmp:
         df.drop(columns=["arch"]).to_csv(tmp, index=False)
     with atomic_path(paths.variants(study)) as tmp:
         variant_stats(df).to_csv(tmp, index=False, float_format="%.6g")
+    curves = read_npz(paths.trained(study) / "curves.npz")
+    with atomic_path(paths.curves(study)) as tmp:
+        loss_curves(df, curves).to_csv(tmp, index=False, float_format="%.6g")
     write_json(paths.metrics(study), summarise(df))
