@@ -130,7 +130,7 @@ def project_with_store(tmp_path_factory):
     runs = con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
     n_metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
     con.close()
-    assert runs == [("FINISHED", 3)] and n_metrics > 3 * 10  # the grid's one run, 2 reproductions
+    assert runs == [("FINISHED", 3 + 3)] and n_metrics > 3 * 10  # 1 run, 2 reproductions; their parents
     assert (root / "pipeline" / "tracking.json").exists()
     return root
 

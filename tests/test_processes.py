@@ -89,6 +89,17 @@ def schema_version(db: Path) -> str | None:
         return None
 
 
+def parents(db: Path) -> set[str]:
+    """The variants' runs (those that are nobody's child)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        sql = ("SELECT run_uuid FROM runs WHERE run_uuid NOT IN "
+               "(SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')")
+        return {r for (r,) in con.execute(sql)}
+    finally:
+        con.close()
+
+
 def metric_keys(db: Path) -> dict[str, set[str]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -248,16 +259,17 @@ def test_a_signal_stops_track_cleanly_and_the_rerun_completes(evaluated, tmp_pat
 
     stage(root, env, "track", "heart_rate")
     done = tracked(root)
-    ids = done["runs"]["heart_rate"]
-    finished_before = [rid for rid, s in status.items() if s == "FINISHED"]
-    n_kept = len(finished_before)
-    assert len(ids) == 30 and (done["logged"], done["skipped"]) == (30 - n_kept, n_kept)
+    ids, variants = done["runs"]["heart_rate"], done["parents"]["heart_rate"]
+    kept = {rid for rid in parents(db) if status.get(rid) == "FINISHED"}  # variants logged whole before
+    assert len(ids) == 30 and len(variants) == 3  # 3 normalisations x 10 seeds
+    assert (done["logged"], done["skipped"]) == (30 - 10 * len(kept), 10 * len(kept))
     after = dict(runs(db))
-    assert all(after[rid] == "FINISHED" for rid in ids.values())
-    assert set(finished_before) <= set(ids.values())  # kept, not logged twice
+    assert all(after[rid] == "FINISHED" for rid in [*ids.values(), *variants.values()])
+    assert kept <= set(variants.values())  # kept, not logged twice
     killed = [rid for rid, s in status.items() if s == "KILLED"]
     assert not set(killed) & set(ids.values())  # logged again
-    assert "RUNNING" not in after.values() and len(after) == len(status) + done["logged"]
+    new_runs = done["logged"] + 3 - len(kept)  # seeds, and their variants' parents
+    assert "RUNNING" not in after.values() and len(after) == len(status) + new_runs
     leftovers = [p for p in (root / "pipeline").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
 
@@ -308,7 +320,8 @@ def test_a_hard_killed_track_is_recovered_by_the_next(evaluated, tmp_path, phase
     assert set(after[rid] for rid in done["runs"]["heart_rate"].values()) == {"FINISHED"}
     orphans = [rid for rid, s in left.items() if s == "RUNNING"]
     assert done["orphans"] == len(orphans) and all(after[rid] == "KILLED" for rid in orphans)
-    assert done["logged"] == 30 - sum(s == "FINISHED" for s in left.values())
+    kept = {rid for rid in parents(db) if left.get(rid) == "FINISHED"}
+    assert done["logged"] == 30 - 10 * len(kept)
     if orphans:
         assert f"ended KILLED {len(orphans)} runs left RUNNING by a killed track" in out.stderr
 
@@ -376,7 +389,7 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
     status, keys = dict(runs(db)), metric_keys(db)
     ids = {study: tracked(root)["runs"][study] for study, (root, _) in projects.items()}
     assert len(ids["line"]) == 2 and len(ids["circles"]) == 4  # seeds x normalisations
-    assert len(status) == 6 and set(status.values()) == {"FINISHED"}
+    assert len(status) == 6 + 3 and set(status.values()) == {"FINISHED"}  # and a parent per variant
     for study_ids in ids.values():
         for rid in study_ids.values():
             assert status[rid] == "FINISHED"
@@ -398,5 +411,6 @@ def test_two_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_pat
         assert proc.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err, err
     status = dict(runs(root / "mlflow.db"))
-    assert len(status) == 3 and set(status.values()) == {"FINISHED"}  # 3 seeds, each logged once
-    assert sorted(tracked(root)["runs"]["line"].values()) == sorted(status)
+    assert len(status) == 3 + 1 and set(status.values()) == {"FINISHED"}  # 3 seeds and their variant, once
+    done = tracked(root)
+    assert sorted([*done["runs"]["line"].values(), *done["parents"]["line"].values()]) == sorted(status)

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from initlab.cli import app
+from initlab.io import sha256
 
 runner = CliRunner()
 LINE = "pipeline/train/line"
@@ -54,7 +55,7 @@ def track(*args: str) -> dict:
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith("track: "), result.output  # after MLflow's INFO lines
     out = json.loads(Path("pipeline/tracking.json").read_text())
-    assert sorted(out) == ["runs"]  # counts and times are in the timings file, outside the outputs
+    assert sorted(out) == ["parents", "runs"]  # counts and times are in the timings file, outside the outputs
     return {**out, **json.loads(Path("pipeline/timings/track.json").read_text())}
 
 
@@ -88,8 +89,8 @@ def test_a_second_track_logs_nothing_and_a_changed_weight_file_only_its_run(proj
     ids, before = third["runs"]["line"], first["runs"]["line"]
     assert ids[changed] != before[changed]
     assert {n: ids[n] for n in names[1:]} == {n: before[n] for n in names[1:]}
-    runs = all_runs(client())
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    runs = all_runs(client())  # 3 variants of one seed each, and the changed one again: parents and seeds
+    assert len(runs) == 2 * 4 and {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_training_again_gives_the_same_files_and_adds_no_runs(project):
@@ -133,7 +134,18 @@ def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_pt2_model(pr
     for name, rid in ids.items():
         run = cl.get_run(rid)
         m, row = run.data.metrics, evaluated.loc[name]
-        assert run.info.status == "FINISHED" and run.info.run_name == name
+        assert run.info.status == "FINISHED" and run.info.run_name == f"seed {row['seed']}"
+        parent = cl.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.info.run_name == row["variant"] and parent.info.status == "FINISHED"
+        assert parent.data.tags["variant_config"].startswith(f"{row['variant']}@")
+        digest = sha256(Path("pipeline/prepared/line.npz"))[:16]
+        assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [digest]
+        assert len(cl.get_metric_history(rid, "val_loss")) == 1  # the final value; the curve is val_loss_epoch
+        assert abs((run.info.end_time - run.info.start_time) / 1000 - m["train_seconds"]) < 2  # its training's
+        vt = pd.read_csv("pipeline/evaluate/line_variants.csv").set_index("variant")
+        v = vt.loc[row["variant"]]
+        assert parent.data.metrics[f"{v['metric']}_mean"] == pytest.approx(v["mean"], rel=1e-5)
+        assert parent.data.tags["verdict"] == v["verdict"] == run.data.tags["verdict"]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"):
             assert m[key] == pytest.approx(row[key], rel=1e-12), key
         assert len(cl.get_metric_history(rid, "train_loss_step")) > 1
@@ -156,8 +168,11 @@ def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(p
     assert result.exit_code == 1, result.output
     last = result.output.splitlines()[-1]  # after MLflow's INFO lines of a new store
     assert last.startswith(f"initlab: error: {bad}: unreadable"), result.output
-    statuses = {r.info.run_name: r.info.status for r in all_runs(client())}
-    assert statuses[bad.stem] == "FAILED" and "RUNNING" not in statuses.values()
+    runs = all_runs(client())
+    statuses = {r.data.tags.get("variant"): r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    bad_variant = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name").loc[bad.stem, "variant"]
+    assert statuses[bad_variant] == "FAILED" and "RUNNING" not in {r.info.status for r in runs}
+    assert {r.info.status for r in runs if r.info.run_name == bad_variant} == {"FAILED"}  # its parent too
     assert not Path("pipeline/tracking.json").exists()
 
 

@@ -189,8 +189,9 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
         p.study(name)
     with sigterm_raises():
         runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
-        out = log_studies(p, runs)
-        write_json(paths.tracked, {"runs": out["runs"]})  # the same when the store holds the same runs
+        out = log_studies(p, runs, paths)
+        # the same file when the store holds the same runs
+        write_json(paths.tracked, {"runs": out["runs"], "parents": out["parents"]})
         seconds = time.perf_counter() - t0
         write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
                                            **{k: out[k] for k in ("logged", "skipped", "orphans")}})  # fmt: skip

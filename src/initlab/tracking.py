@@ -1,4 +1,5 @@
-"""MLflow tracking: one experiment per study (``initlab-<study>``), one run per trained model.
+"""MLflow tracking: one experiment per study (``initlab-<study>``), a parent run per variant holding
+its mean and 95 % interval over seeds and its verdict, and one nested run per trained model (seed).
 
 Train and evaluate never touch MLflow (importing it and opening a store cost seconds per
 process). ``initlab track`` reads what they wrote (``pipeline/train/<study>/``,
@@ -6,9 +7,11 @@ process). ``initlab track`` reads what they wrote (``pipeline/train/<study>/``,
 ``tracking.max_points_per_metric`` points, its final and test metrics in one ``log_batch``, and the
 model in MLflow's pytorch format, saved as ``pt2`` (a traced graph: loading it runs no pickle).
 
-Logging is idempotent: each run is tagged ``initlab.run_key``, a SHA-256 of what it shows (the
-weights, curves, the evaluate row, the logged params and settings); a model whose key is in a
-FINISHED run of its study is not logged again. FAILED and KILLED runs do not count.
+Logging is idempotent, a variant at a time: each run is tagged ``initlab.run_key``, a SHA-256 of
+what it shows (the weights, curves, the evaluate row, the logged params and settings, and its
+parent's key); a variant whose parent and seeds are all FINISHED in its study is not logged again,
+and one that changed is logged again whole, under a new parent. FAILED and KILLED runs do not count.
+A run's start and end are its training's (``pipeline/timings``), not the moment it was logged.
 
 Every run is ended by one ``try/finally``: FINISHED, FAILED on an error, KILLED on Ctrl-C or
 SIGTERM. A run left RUNNING by a process that was killed outright (tagged ``initlab.owner``,
@@ -38,8 +41,9 @@ from initlab.store import deferred_signals, is_sql, open_client, store_lock
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG, OWNER_TAG = "initlab.run_key", "initlab.owner"
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
+# Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
+CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
 # Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
-CURVES = {"train_loss_step": "step_loss", "val_loss": "val_loss", "val_accuracy_epoch": "val_acc"}  # logged: saved
 IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch")
 
 
@@ -59,6 +63,18 @@ class TrainedRun:
     arch: dict
     weights: Path
     key: str  # RUN_KEY_TAG: equal keys, equal runs
+    seconds: float | None = None  # its training time, where the timings file has it
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """A variant: the parent run of its seeds' runs, with the variants table's row."""
+
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]  # mean, interval, p-value against the best
+    key: str
+    runs: list[TrainedRun]
 
 
 def _flat(prefix: str, obj) -> dict[str, str]:
@@ -89,7 +105,7 @@ def run_key(weights: bytes, shown: list, curves: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
+def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
     """Read and check ``study``'s train and evaluate outputs; no MLflow here.
 
     A missing or stale input is a ``ParamsError`` naming the file and the stage to run, raised
@@ -113,30 +129,62 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[TrainedRun]:
     sp = params.study(study)
     common = _flat("train", sp.train.model_dump(exclude={"inits", "losses", "normalize", "lr", "seeds",
                                                          "reproduce"}))  # fmt: skip
-    out = []
+    config = hashlib.sha256(json.dumps([sp.data.model_dump(), sp.split.model_dump(), common], sort_keys=True,
+                                       default=str).encode()).hexdigest()[:8]  # fmt: skip
+    vt = read_csv(paths.variants(study), ("variant", "metric", "mean", "ci_low", "ci_high", "verdict"))
+    by_variant: dict[str, list] = {}
     for row, arch_json in zip(evaluated.to_dict("records"), runs["arch"]):
-        name, init = str(row["run_name"]), str(row["init"])
-        weights = folder / "weights" / f"{name}.pt"
-        mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
-        if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
-            raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
-                              f"no weights or curves of {name}; {fix}")  # fmt: skip
-        if init not in sp.inits:
-            raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the study's "
-                              f"inits (trained with other params); {fix}")  # fmt: skip
-        arch = json.loads(arch_json)
-        ident = {"init": init, "loss": row["loss"], "normalize": row["normalize"], "lr": f"{float(row['lr']):g}",
-                 "seed": str(row["seed"]), "reproduce": str(bool(row["reproduce"])).lower()}  # fmt: skip
-        tags = {"study": study, "variant": row["variant"], "diverged": str(bool(row["diverged"])).lower(), **ident}
-        p = {**common, **ident, **_flat("init_spec", sp.inits[init].model_dump()), **_flat("arch", arch)}
-        metrics = {k: float(v) for k, v in row.items()
-                   if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v)}  # fmt: skip
-        key = run_key(weights.read_bytes(), [study, name, row, tags, p, params.tracking.model_dump()], mine)
-        if isinstance(seconds.get(name), float) and math.isfinite(seconds[name]):
-            metrics["train_seconds"] = seconds[name]
-        out.append(TrainedRun(name, tags, p, metrics, mine, arch, weights, key))
+        by_variant.setdefault(str(row["variant"]), []).append((row, arch_json))
+    if set(by_variant) != set(vt["variant"]):
+        raise ParamsError(f"{paths.variants(study)} does not match {table}; {fix}")
+    out = []
+    for v in vt.to_dict("records"):
+        first = by_variant[v["variant"]][0][0]
+        ident = {"init": str(first["init"]), "loss": first["loss"], "normalize": first["normalize"],
+                 "lr": f"{float(first['lr']):g}", "reproduce": str(bool(first["reproduce"])).lower()}  # fmt: skip
+        tags = {"study": study, "variant": v["variant"], "config": config,
+                "variant_config": f"{v['variant']}@{config}", **ident}  # fmt: skip
+        m = v["metric"]
+        metrics = {f"{m}_mean": v["mean"], f"{m}_ci_low": v["ci_low"], f"{m}_ci_high": v["ci_high"],
+                   "p_vs_best": v["p_vs_best"], "seeds": v["n"], "diverged_seeds": v["diverged"],
+                   "test_accuracy_mean": v["test_mean"], "test_accuracy_ci_low": v["test_ci_low"],
+                   "test_accuracy_ci_high": v["test_ci_high"]}  # fmt: skip
+        metrics = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and math.isfinite(x)}
+        pkey = run_key(b"", [study, v, tags, params.tracking.model_dump(),
+                             [r["run_name"] for r, _ in by_variant[v["variant"]]]], {})  # fmt: skip
+        children = [_trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix,
+                                 {**tags, "verdict": v["verdict"]}, pkey)
+                    for row, arch_json in by_variant[v["variant"]]]  # fmt: skip
+        key = hashlib.sha256("".join([pkey, *(c.key for c in children)]).encode()).hexdigest()
+        out.append(VariantRun(v["variant"], {**tags, "verdict": v["verdict"]}, metrics, key, children))
     return out
+
+
+def _trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix, variant_tags,
+                 parent_key) -> TrainedRun:  # fmt: skip
+    name, init = str(row["run_name"]), str(row["init"])
+    weights = folder / "weights" / f"{name}.pt"
+    mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
+    if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
+        raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
+                          f"no weights or curves of {name}; {fix}")  # fmt: skip
+    if init not in sp.inits:
+        raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the study's "
+                          f"inits (trained with other params); {fix}")  # fmt: skip
+    arch = json.loads(arch_json)
+    tags = {**variant_tags, "seed": str(row["seed"]), "diverged": str(bool(row["diverged"])).lower()}
+    p = {**common, **{k: tags[k] for k in ("init", "loss", "normalize", "lr", "seed", "reproduce")},
+         **_flat("init_spec", sp.inits[init].model_dump()), **_flat("arch", arch)}  # fmt: skip
+    metrics = {k: float(v) for k, v in row.items()
+               if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v)}  # fmt: skip
+    shown = [study, name, row, tags, p, params.tracking.model_dump(), parent_key]
+    key = run_key(weights.read_bytes(), shown, mine)
+    secs = seconds.get(name)
+    secs = secs if isinstance(secs, float) and math.isfinite(secs) else None
+    if secs is not None:
+        metrics["train_seconds"] = secs
+    return TrainedRun(name, tags, p, metrics, mine, arch, weights, key, secs)
 
 
 def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
@@ -247,23 +295,20 @@ def finished_keys(cl, experiment: str) -> dict[str, str]:
             return keys
 
 
-def log_run(cl, experiment: str, r: TrainedRun, tags: dict, max_points: int, models: ModelWriter | None) -> str:
-    """Log ``r`` as one run; it ends FINISHED, FAILED on an error, KILLED on an interruption."""
+@contextlib.contextmanager
+def new_run(cl, experiment: str, name: str, tags: dict, seconds: float | None = None):
+    """A run that ends FINISHED, FAILED on an error, KILLED on an interruption; yields its id.
+
+    ``seconds``: how long the work it records took; the run starts that long before now, so the
+    UI's duration is the training's, not the logging's."""
     sql = is_sql(tracking_uri())  # a signal inside a SQL write leaves its transaction open
-    metrics, params = run_contents(r, max_points)
+    start = int(1000 * (time.time() - seconds)) if seconds else None
     run_id, status = None, "FAILED"
     try:
         with deferred_signals(sql):
-            run = cl.create_run(experiment, run_name=r.run_name, tags={**tags, **r.tags, RUN_KEY_TAG: r.key})
-            run_id = run.info.run_id
-        with deferred_signals(sql):
-            log_batch(cl, run_id, metrics, params)
-        if models is not None:  # saved aside, then copied into the run's artifacts (local or remote)
-            with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-                models.save(r, Path(tmp) / "model")
-                cl.log_artifacts(run_id, f"{tmp}/model", "model")
+            run_id = cl.create_run(experiment, start_time=start, run_name=name, tags=tags).info.run_id
+        yield run_id
         status = "FINISHED"
-        return run_id
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -273,11 +318,60 @@ def log_run(cl, experiment: str, r: TrainedRun, tags: dict, max_points: int, mod
                 cl.set_terminated(run_id, status)
 
 
-def log_studies(params: Params, studies: dict[str, list[TrainedRun]], progress: bool | None = None) -> dict:
+def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int, models: ModelWriter | None,
+                dataset) -> tuple[str, dict[str, str]]:  # fmt: skip
+    """``v`` as a parent run (its mean, interval and verdict) with one nested run per seed (its
+    curves, metrics, dataset and model); returns the parent's id and the seeds' run ids."""
+    from mlflow.entities import Metric
+
+    sql = is_sql(tracking_uri())
+    now = int(time.time() * 1000)
+    longest = max((r.seconds or 0.0 for r in v.runs), default=0.0)
+    ids = {}
+    with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent:
+        with deferred_signals(sql):
+            log_batch(cl, parent, [Metric(k, x, now, 0) for k, x in v.metrics.items()], [])
+        for r in v.runs:
+            child_tags = {**tags, **r.tags, RUN_KEY_TAG: r.key, "mlflow.parentRunId": parent}
+            with new_run(cl, experiment, f"seed {r.tags['seed']}", child_tags, r.seconds) as run_id:
+                metrics, params = run_contents(r, max_points)
+                with deferred_signals(sql):
+                    log_batch(cl, run_id, metrics, params)
+                    cl.log_inputs(run_id, datasets=[dataset])
+                if models is not None:  # saved aside, then copied into the run's artifacts
+                    with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
+                        models.save(r, Path(tmp) / "model")
+                        cl.log_artifacts(run_id, f"{tmp}/model", "model")
+                ids[r.run_name] = run_id
+    return parent, ids
+
+
+def dataset_input(study: str, paths: Paths):
+    """The prepared split of ``study`` as an MLflow dataset input: its file and SHA-256 digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from initlab.io import sha256
+
+    import warnings
+
+    path = paths.prepared(study)
+    with warnings.catch_warnings():  # MLflow registers two local-file sources and says it picked one
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path.resolve()))
+    ds = MetaDataset(source, name=f"{study} (prepared splits)",
+                     digest=sha256(path)[:16])  # fmt: skip
+    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+
+
+def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Paths,
+                progress: bool | None = None) -> dict:  # fmt: skip
     """Log every run of ``studies`` not already FINISHED in its study's experiment.
 
-    Returns ``{"runs": {study: {run_name: run_id}}, "logged": n, "skipped": k, "orphans": m}``;
-    a skipped run's id is the one already in the store. A store error is one ``StoreError`` line.
+    Returns ``{"runs": {study: {run_name: run_id}}, "parents": {study: {variant: run_id}},
+    "logged": n, "skipped": k, "orphans": m}`` (n, k: seeds' runs); a skipped run's id is the one
+    already in the store. A store error is one ``StoreError`` line.
     """
     from tqdm.auto import tqdm
 
@@ -288,14 +382,14 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]], progress: 
     except (OSError, subprocess.SubprocessError):
         commit = ""
     tags = {"git_commit": commit.strip() or "unknown", OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
-    out: dict = {"runs": {}, "logged": 0, "skipped": 0, "orphans": 0}
-    total = sum(len(rs) for rs in studies.values())
+    out: dict = {"runs": {}, "parents": {}, "logged": 0, "skipped": 0, "orphans": 0}
+    total = sum(len(v.runs) for vs in studies.values() for v in vs)
     with tempfile.TemporaryDirectory(prefix="initlab-models-") as scratch, \
             tqdm(total=total, desc=f"track {next(iter(studies), '')}", unit="run",
                  disable=None if progress is None else not progress) as bar:  # fmt: skip
         models = ModelWriter(Path(scratch)) if settings.log_models else None
         try:
-            for study, runs in studies.items():
+            for study, variants in studies.items():
                 bar.set_description(f"track {study}")
                 with store_lock(uri, f"track-{study}"):  # a second `track` of the study finds them logged
                     name = f"initlab-{study}"
@@ -303,17 +397,23 @@ def log_studies(params: Params, studies: dict[str, list[TrainedRun]], progress: 
                         with contextlib.suppress(Exception):  # created meanwhile by another process
                             cl.create_experiment(name)
                     exp = cl.get_experiment_by_name(name).experiment_id
+                    cl.set_experiment_tag(exp, "mlflow.experimentKind", "custom_model_development")  # runs first
                     out["orphans"] += end_orphans(cl, exp)
                     done = finished_keys(cl, exp)
                     out["runs"][study] = ids = {}
-                    for r in runs:
-                        if r.key in done:
-                            ids[r.run_name] = done[r.key]
-                            out["skipped"] += 1
+                    out["parents"][study] = parents = {}
+                    dataset = dataset_input(study, paths)
+                    for v in variants:
+                        if v.key in done and all(r.key in done for r in v.runs):
+                            parents[v.name] = done[v.key]
+                            ids.update({r.run_name: done[r.key] for r in v.runs})
+                            out["skipped"] += len(v.runs)
                         else:
-                            ids[r.run_name] = log_run(cl, exp, r, tags, settings.max_points_per_metric, models)
-                            out["logged"] += 1
-                        bar.update()
+                            parents[v.name], mine = log_variant(cl, exp, v, tags, settings.max_points_per_metric,
+                                                                models, dataset)  # fmt: skip
+                            ids.update(mine)
+                            out["logged"] += len(v.runs)
+                        bar.update(len(v.runs))
         except (ParamsError, DataError, StoreError):  # already one line naming the file or store
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow's, SQLAlchemy's or requests' error, in one line
