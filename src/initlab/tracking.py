@@ -348,13 +348,13 @@ def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int,
 
 def dataset_input(study: str, paths: Paths):
     """The prepared split of ``study`` as an MLflow dataset input: its file and SHA-256 digest."""
+    import warnings
+
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
     from initlab.io import sha256
-
-    import warnings
 
     path = paths.prepared(study)
     with warnings.catch_warnings():  # MLflow registers two local-file sources and says it picked one
