@@ -50,14 +50,27 @@ def variant_table(vt: pd.DataFrame, label: str) -> pd.DataFrame:
     order = vt.assign(_best=vt["verdict"] != "best")
     for r in order.sort_values(["_best", "mean", "variant"], ascending=[True, False, True],
                                na_position="last").to_dict("records"):  # fmt: skip
-        rows.append({"variants": f"`{r['variant']}`", label: _ci_of(r),
+        rows.append({"variants": r["variant"], label: _ci_of(r),
                      "verdict (paired t-test vs best, Holm)": _verdict(r),
                      "diverged": f"{r['diverged']}/{r['n']}" if r["diverged"] else "no",
                      "seeds": r["n"]})  # fmt: skip
     table = pd.DataFrame(rows)
     same = [c for c in table.columns if c != "variants"]
-    grouped = table.groupby(same, sort=False, dropna=False)["variants"].agg(", ".join).reset_index()
-    return grouped[["variants", *same]]
+    inits = dict(zip(vt["variant"], vt["init"]))
+    grouped = table.groupby(same, sort=False, dropna=False)["variants"].agg(lambda g: _names(list(g), inits))
+    return grouped.reset_index()[["variants", *same]]
+
+
+def _names(variants: list[str], inits: dict[str, str]) -> str:
+    """``a-bce-none-lr2``, ``a-mse-none-lr2``, ``b-bce-none-lr2`` as "`a` (bce-none-lr2, mse-none-lr2),
+    `b` (bce-none-lr2)": a group of many variants stays readable."""
+    if len(variants) == 1:
+        return f"`{variants[0]}`"
+    by_init: dict[str, list[str]] = {}
+    for v in variants:
+        init = inits[v]
+        by_init.setdefault(init, []).append(v.removeprefix(f"{init}-") if v.startswith(f"{init}-") else v)
+    return ", ".join(f"`{i}` ({', '.join(rest)})" for i, rest in by_init.items())
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -83,7 +96,8 @@ def summary(sp, vt: pd.DataFrame, baseline: float) -> str:
         out.append("Every other variant is worse than it (paired t-test over seeds, Holm-corrected, p < 0.05).")
     if len(worse):
         w = worse.loc[worse["mean"].idxmin()]
-        at_chance = f"; {len(chance)} sit at chance (the majority class: {baseline:.3f})" if len(chance) else ""
+        sit = "sits" if len(chance) == 1 else "sit"
+        at_chance = f"; {len(chance)} {sit} at chance (the majority class: {baseline:.3f})" if len(chance) else ""
         verb = "is" if len(worse) == 1 else "are"
         out.append(f"{len(worse)} {verb} worse, down to `{w['variant']}` at {_ci_of(w)}{at_chance}.")
     if len(diverged):
@@ -146,7 +160,7 @@ def line_styles(df: pd.DataFrame, inits: dict[str, InitSpec]) -> tuple[dict, dic
     colours = {}
     for fam, members in by_family.items():
         cmap = plt.get_cmap(CMAPS.get(fam, "YlOrBr"))
-        shades = [0.7] if len(members) == 1 else np.linspace(0.4, 0.95, len(members))
+        shades = [0.7] if len(members) == 1 else np.linspace(0.5, 0.95, len(members))
         colours.update({k: cmap(x) for k, x in zip(members, shades)})
     styles = {loss: LINESTYLES[i % len(LINESTYLES)] for i, loss in enumerate(sorted(df["loss"].unique()))}
     return colours, styles
