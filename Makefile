@@ -43,6 +43,7 @@ lint: setup
 	ruff check src tests
 
 ui: setup               ## the MLflow UI on http://127.0.0.1:5000, local only
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:                  ## remove every stage output but the committed metrics, and the MLflow store
