@@ -57,6 +57,8 @@ def variant_means(folder: Path) -> dict[str, dict[str, float | None]]:
     """Per study, each variant's mean test accuracy over seeds (4 decimals; None: diverged)."""
     out = {}
     for f in sorted(folder.glob("*.csv")):
+        if f.stem.endswith(("_variants", "_curves")):  # per-variant tables and plot data
+            continue
         means = pd.read_csv(f).groupby("variant")["test_accuracy"].mean()
         out[f.stem] = {v: None if math.isnan(m) else round(float(m), 4) for v, m in means.items()}
     return out
@@ -107,6 +109,19 @@ def test_metrics_are_a_few_numbers_per_study_and_agree_with_the_tables(project):
         assert sorted(m) == ["best_test_acc", "diverged", "mean_test_acc", "worst_test_acc"], study
         assert (m["best_test_acc"], m["worst_test_acc"]) == (max(finite), min(finite)), study
         assert m["mean_test_acc"] == pytest.approx(sum(finite) / len(finite), abs=1e-4), study
+
+
+def test_variants_have_verdicts_and_dvc_draws_the_plots_from_data(project):
+    work, env, _ = project
+    fm = pd.read_csv(work / "pipeline" / "evaluate" / "fashion_mnist_variants.csv")
+    own, seed = fm[~fm["reproduce"]], fm[fm["reproduce"]]
+    assert (own["verdict"] == "best").sum() == 1 and (seed["verdict"] == "best").sum() == 1
+    assert set(seed["metric"]) == {"val_accuracy"} and set(own["metric"]) == {"test_accuracy"}
+    assert (fm["ci_low"] <= fm["mean"]).all() and (fm["mean"] <= fm["ci_high"]).all()
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], work, env))["data"]
+    curves = plots["pipeline/evaluate/line_curves.csv"][0]["content"]["data"]["values"]
+    variants = set(pd.read_csv(work / "pipeline" / "evaluate" / "line.csv")["variant"])
+    assert {r["variant"] for r in curves} == variants and {r["rev"] for r in curves} == {"workspace"}
 
 
 def test_forced_repro_leaves_dvc_lock_unchanged_and_a_pulled_clone_runs_nothing(project, tmp_path):
@@ -166,34 +181,39 @@ def test_mlflow_holds_one_finished_run_per_trained_model_with_its_test_metrics(p
     work, _, _ = project
     tracked = timed(work)
     runs, keys = store(work)
-    n = 0
+    n = total = 0
     for study in ("line", "circles", "heart_rate", "fashion_mnist"):
         table = pd.read_csv(work / "pipeline" / "evaluate" / f"{study}.csv")
-        ids = tracked["runs"][study]
-        assert sorted(ids) == sorted(table["run_name"]), study
-        assert sum(exp == f"initlab-{study}" for exp, _ in runs.values()) == len(table)  # no duplicates
+        ids, parents = tracked["runs"][study], tracked["parents"][study]
+        assert sorted(ids) == sorted(table["run_name"]) and sorted(parents) == sorted(set(table["variant"])), study
+        n_runs = len(table) + len(parents)  # a run per model, a parent per variant
+        assert sum(exp == f"initlab-{study}" for exp, _ in runs.values()) == n_runs  # no duplicates
         for name, acc in zip(table["run_name"], table["test_accuracy"]):
             assert runs[ids[name]] == (f"initlab-{study}", "FINISHED"), (study, name)
-            assert {"train_loss_step", "val_loss", "steps"} <= keys[ids[name]], (study, name)
+            assert {"train_loss_step", "val_loss_epoch", "steps"} <= keys[ids[name]], (study, name)
             assert ("test_accuracy" in keys[ids[name]]) == math.isfinite(acc), (study, name)  # NaN: diverged
+        for pid in parents.values():
+            assert runs[pid] == (f"initlab-{study}", "FINISHED") and "seeds" in keys[pid], study
         n += len(table)
-    assert tracked["logged"] + tracked["skipped"] == n and len(runs) == n  # the forced repro skipped all
+        total += n_runs
+    assert tracked["logged"] + tracked["skipped"] == n and len(runs) == total  # the forced repro skipped all
     assert 0 < tracked["mlflow_seconds"]
 
 
 def test_track_again_logs_nothing_and_a_new_store_gets_every_run(project):
     work, env, _ = project
     before, _ = store(work)
+    models = sum(len(ids) for ids in timed(work)["runs"].values())  # the stores also hold a parent per variant
     run(["dvc", "repro", "-f", "-s", "track"], work, env)
     again = timed(work)
-    assert again["logged"] == 0 and again["skipped"] == len(before)
+    assert again["logged"] == 0 and again["skipped"] == models
     assert store(work)[0] == before
     for f in work.glob("mlflow.db*"):  # the documented recovery: delete the store, force the stage
         f.unlink()
     run(["dvc", "repro", "-f", "-s", "track"], work, env)
     fresh = timed(work)
     runs, _ = store(work)
-    assert fresh["logged"] == len(before) and fresh["skipped"] == 0
+    assert fresh["logged"] == models and fresh["skipped"] == 0
     assert len(runs) == len(before) and {s for _, s in runs.values()} == {"FINISHED"}
     assert "Running stage" not in run(["dvc", "repro"], work, env)
 

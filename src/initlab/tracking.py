@@ -195,9 +195,9 @@ def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
     metrics = [Metric(k, v, now, 0) for k, v in r.metrics.items()]
     for key, curve in CURVES.items():
         values = r.curves[curve]
-        stride = max(1, math.ceil(len(values) / max_points))
-        metrics += [Metric(key, float(values[s]), now, s) for s in range(0, len(values), stride)
-                    if np.isfinite(values[s])]  # fmt: skip
+        steps = np.flatnonzero(np.isfinite(values))  # validated epochs only (every val_every-th)
+        steps = steps[:: max(1, math.ceil(len(steps) / max_points))]
+        metrics += [Metric(key, float(values[s]), now, int(s)) for s in steps]
     return metrics, [Param(k, v) for k, v in r.params.items()]
 
 
