@@ -40,6 +40,7 @@ from initlab.store import deferred_signals, is_sql, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG, OWNER_TAG = "initlab.run_key", "initlab.owner"
+LOG_FORMAT = 2  # part of every run key: a change to what a run logs logs every run again
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
@@ -150,7 +151,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
                    "test_accuracy_mean": v["test_mean"], "test_accuracy_ci_low": v["test_ci_low"],
                    "test_accuracy_ci_high": v["test_ci_high"]}  # fmt: skip
         metrics = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and math.isfinite(x)}
-        pkey = run_key(b"", [study, v, tags, params.tracking.model_dump(),
+        pkey = run_key(b"", [LOG_FORMAT, study, v, tags, params.tracking.model_dump(),
                              [r["run_name"] for r, _ in by_variant[v["variant"]]]], {})  # fmt: skip
         children = [_trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix,
                                  {**tags, "verdict": v["verdict"]}, pkey)
