@@ -179,8 +179,9 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.io import write_json
+    from initlab.runs import trained_runs
     from initlab.signals import sigterm_raises
-    from initlab.tracking import log_studies, tracking_uri, trained_runs
+    from initlab.tracking import log_studies, tracking_uri
 
     p = load_params(params)
     paths = Paths()

@@ -21,7 +21,6 @@ host and pid) is ended KILLED by the next ``track`` on that host, and its model 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -29,163 +28,24 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from initlab.config import DataError, Params, ParamsError, Paths, StoreError
 from initlab.io import pid_alive
+from initlab.runs import TrainedRun, VariantRun
 from initlab.store import deferred_signals, is_sql, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG, OWNER_TAG = "initlab.run_key", "initlab.owner"
-LOG_FORMAT = 2  # part of every run key: a change to what a run logs logs every run again
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
-# Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
-IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch")
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-@dataclass(frozen=True)
-class TrainedRun:
-    """One trained model as the train and evaluate stages left it: everything its run logs."""
-
-    run_name: str
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]  # final train/validation metrics and test metrics
-    curves: dict[str, np.ndarray]  # step_loss, val_loss, val_acc
-    arch: dict
-    weights: Path
-    key: str  # RUN_KEY_TAG: equal keys, equal runs
-    seconds: float | None = None  # its training time, where the timings file has it
-
-
-@dataclass(frozen=True)
-class VariantRun:
-    """A variant: the parent run of its seeds' runs, with the variants table's row."""
-
-    name: str
-    tags: dict[str, str]
-    metrics: dict[str, float]  # mean, interval, p-value against the best
-    key: str
-    runs: list[TrainedRun]
-
-
-def _flat(prefix: str, obj) -> dict[str, str]:
-    if not isinstance(obj, dict):
-        return {prefix: str(obj)[:6000]}
-    return {k: v for key, val in obj.items() for k, v in _flat(f"{prefix}.{key}".lstrip("."), val).items()}
-
-
-def _same_rows(a, b) -> bool:
-    """Whether two tables hold the same rows in their shared columns (floats to 1e-12)."""
-    from pandas.testing import assert_frame_equal
-
-    shared = sorted((set(a.columns) & set(b.columns)) - {"arch"})
-    try:
-        assert_frame_equal(a[shared], b[shared], check_dtype=False, rtol=1e-12, atol=0)
-    except AssertionError:
-        return False
-    return True
-
-
-def run_key(weights: bytes, shown: list, curves: dict[str, np.ndarray]) -> str:
-    """SHA-256 of what a run shows: a run with this key in the store needs no logging again."""
-    h = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode())
-    h.update(hashlib.sha256(weights).digest())
-    for name in sorted(curves):
-        a = np.ascontiguousarray(curves[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode() + a.tobytes())
-    return h.hexdigest()
-
-
-def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
-    """Read and check ``study``'s train and evaluate outputs; no MLflow here.
-
-    A missing or stale input is a ``ParamsError`` naming the file and the stage to run, raised
-    before any store is opened.
-    """
-    from initlab.io import read_csv, read_npz
-
-    fix = f"run `dvc repro evaluate@{study}` first"
-    folder, table = paths.trained(study), paths.evaluated(study)
-    for need in (folder / "runs.csv", folder / "curves.npz", table):
-        if not need.exists():
-            raise ParamsError(f"{need} missing; {fix}")
-    runs = read_csv(folder / "runs.csv", ("run_name", "arch"))
-    evaluated = read_csv(table, ("run_name", "init", "loss", "normalize", "lr", "seed", "reproduce", "diverged"))
-    if not _same_rows(runs, evaluated):
-        raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
-                          f"was evaluated); {fix}")  # fmt: skip
-    curves = read_npz(folder / "curves.npz")
-    timing = paths.timing(f"train-{study}")  # not an output (times differ run to run): no key part
-    seconds = json.loads(timing.read_text()).get("run_seconds", {}) if timing.exists() else {}
-    sp = params.study(study)
-    common = _flat("train", sp.train.model_dump(exclude={"inits", "losses", "normalize", "lr", "seeds",
-                                                         "reproduce"}))  # fmt: skip
-    config = hashlib.sha256(json.dumps([sp.data.model_dump(), sp.split.model_dump(), common], sort_keys=True,
-                                       default=str).encode()).hexdigest()[:8]  # fmt: skip
-    vt = read_csv(paths.variants(study), ("variant", "metric", "mean", "ci_low", "ci_high", "verdict"))
-    by_variant: dict[str, list] = {}
-    for row, arch_json in zip(evaluated.to_dict("records"), runs["arch"]):
-        by_variant.setdefault(str(row["variant"]), []).append((row, arch_json))
-    if set(by_variant) != set(vt["variant"]):
-        raise ParamsError(f"{paths.variants(study)} does not match {table}; {fix}")
-    out = []
-    for v in vt.to_dict("records"):
-        first = by_variant[v["variant"]][0][0]
-        ident = {"init": str(first["init"]), "loss": first["loss"], "normalize": first["normalize"],
-                 "lr": f"{float(first['lr']):g}", "reproduce": str(bool(first["reproduce"])).lower()}  # fmt: skip
-        tags = {"study": study, "variant": v["variant"], "config": config,
-                "variant_config": f"{v['variant']}@{config}", **ident}  # fmt: skip
-        m = v["metric"]
-        metrics = {f"{m}_mean": v["mean"], f"{m}_ci_low": v["ci_low"], f"{m}_ci_high": v["ci_high"],
-                   "p_vs_best": v["p_vs_best"], "seeds": v["n"], "diverged_seeds": v["diverged"],
-                   "test_accuracy_mean": v["test_mean"], "test_accuracy_ci_low": v["test_ci_low"],
-                   "test_accuracy_ci_high": v["test_ci_high"]}  # fmt: skip
-        metrics = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and math.isfinite(x)}
-        pkey = run_key(b"", [LOG_FORMAT, study, v, tags, params.tracking.model_dump(),
-                             [r["run_name"] for r, _ in by_variant[v["variant"]]]], {})  # fmt: skip
-        children = [_trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix,
-                                 {**tags, "verdict": v["verdict"]}, pkey)
-                    for row, arch_json in by_variant[v["variant"]]]  # fmt: skip
-        key = hashlib.sha256("".join([pkey, *(c.key for c in children)]).encode()).hexdigest()
-        out.append(VariantRun(v["variant"], {**tags, "verdict": v["verdict"]}, metrics, key, children))
-    return out
-
-
-def _trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix, variant_tags,
-                 parent_key) -> TrainedRun:  # fmt: skip
-    name, init = str(row["run_name"]), str(row["init"])
-    weights = folder / "weights" / f"{name}.pt"
-    mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
-    if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
-        raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
-                          f"no weights or curves of {name}; {fix}")  # fmt: skip
-    if init not in sp.inits:
-        raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the study's "
-                          f"inits (trained with other params); {fix}")  # fmt: skip
-    arch = json.loads(arch_json)
-    tags = {**variant_tags, "seed": str(row["seed"]), "diverged": str(bool(row["diverged"])).lower()}
-    p = {**common, **{k: tags[k] for k in ("init", "loss", "normalize", "lr", "seed", "reproduce")},
-         **_flat("init_spec", sp.inits[init].model_dump()), **_flat("arch", arch)}  # fmt: skip
-    metrics = {k: float(v) for k, v in row.items()
-               if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
-               and math.isfinite(v)}  # fmt: skip
-    shown = [study, name, row, tags, p, params.tracking.model_dump(), parent_key]
-    key = run_key(weights.read_bytes(), shown, mine)
-    secs = seconds.get(name)
-    secs = secs if isinstance(secs, float) and math.isfinite(secs) else None
-    if secs is not None:
-        metrics["train_seconds"] = secs
-    return TrainedRun(name, tags, p, metrics, mine, arch, weights, key, secs)
 
 
 def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
@@ -298,7 +158,7 @@ def finished_keys(cl, experiment: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def new_run(cl, experiment: str, name: str, tags: dict, seconds: float | None = None):
-    """A run that ends FINISHED, FAILED on an error, KILLED on an interruption; yields its id.
+    """A run that ends FINISHED, FAILED on an error, KILLED on an interruption; yields its info.
 
     ``seconds``: how long the work it records took; the run starts that long before now, so the
     UI's duration is the training's, not the logging's."""
@@ -307,8 +167,9 @@ def new_run(cl, experiment: str, name: str, tags: dict, seconds: float | None = 
     run_id, status = None, "FAILED"
     try:
         with deferred_signals(sql):
-            run_id = cl.create_run(experiment, start_time=start, run_name=name, tags=tags).info.run_id
-        yield run_id
+            info = cl.create_run(experiment, start_time=start, run_name=name, tags=tags).info
+            run_id = info.run_id
+        yield info
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -329,22 +190,37 @@ def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int,
     now = int(time.time() * 1000)
     longest = max((r.seconds or 0.0 for r in v.runs), default=0.0)
     ids = {}
-    with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent:
+    with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent_info:
+        parent = parent_info.run_id
         with deferred_signals(sql):
             log_batch(cl, parent, [Metric(k, x, now, 0) for k, x in v.metrics.items()], [])
         for r in v.runs:
             child_tags = {**tags, **r.tags, RUN_KEY_TAG: r.key, "mlflow.parentRunId": parent}
-            with new_run(cl, experiment, f"seed {r.tags['seed']}", child_tags, r.seconds) as run_id:
+            with new_run(cl, experiment, f"seed {r.tags['seed']}", child_tags, r.seconds) as info:
+                run_id = info.run_id
                 metrics, params = run_contents(r, max_points)
                 with deferred_signals(sql):
                     log_batch(cl, run_id, metrics, params)
                     cl.log_inputs(run_id, datasets=[dataset])
-                if models is not None:  # saved aside, then copied into the run's artifacts
-                    with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-                        models.save(r, Path(tmp) / "model")
-                        cl.log_artifacts(run_id, f"{tmp}/model", "model")
+                if models is not None:
+                    save_model(cl, info, r, models)
                 ids[r.run_name] = run_id
     return parent, ids
+
+
+def save_model(cl, info, r: TrainedRun, models: ModelWriter) -> None:
+    """``r``'s model as the run's ``model`` artifact: written in place where the run's artifacts
+    are a local folder (the default; copying it there cost a tenth of ``track``), else saved
+    aside and uploaded with ``log_artifacts``."""
+    from urllib.parse import unquote, urlparse
+
+    uri = urlparse(info.artifact_uri)
+    if uri.scheme in ("", "file") and uri.netloc in ("", "localhost"):
+        models.save(r, Path(unquote(uri.path)) / "model")
+        return
+    with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
+        models.save(r, Path(tmp) / "model")
+        cl.log_artifacts(info.run_id, f"{tmp}/model", "model")
 
 
 def dataset_input(study: str, paths: Paths):
