@@ -184,8 +184,18 @@ def _label(run, df: pd.DataFrame) -> str:
     return " · ".join(parts) or run.variant
 
 
+def _seed_mean(curves: dict, runs, key: str, n: int | None) -> np.ndarray:
+    """A variant's curve: the mean over its seeds' runs (up to the shortest, e.g. a diverged one)."""
+    cs = [_curve(curves, r, key)[:n] for r in runs]
+    length = min(len(c) for c in cs)
+    return np.nanmean(np.stack([c[:length] for c in cs]), axis=0) if length else np.array([])
+
+
 def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path) -> None:
-    sub = df[(df["seed"] == df["seed"].min()) & ~df["reproduce"]].sort_values("variant")
+    """One line per variant (the mean over its seeds), a panel per family (``_facets``)."""
+    own = df[~df["reproduce"]]
+    seeds = own.groupby("variant")["run_name"].agg(list)
+    sub = own.drop_duplicates("variant").sort_values("variant")
     colours, styles = line_styles(sub, inits)
     panels = _facets(sub, inits)
     cols = min(3, len(panels))
@@ -193,7 +203,7 @@ def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, log
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, sharey=True)
     for ax, (name, part) in zip(axes.flat, panels):
         for run in part.itertuples():
-            c = _curve(curves, run.run_name, "step_loss")[:n]
+            c = _seed_mean(curves, seeds[run.variant], "step_loss", n)
             if len(c):
                 ax.plot(np.arange(1, len(c) + 1), c, color=colours[run.init, run.normalize, run.lr],
                         ls=styles[run.loss], lw=1.2, label=_label(run, sub))  # fmt: skip
@@ -210,7 +220,8 @@ def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, log
 
 
 def fig_first_batches(df, curves, inits, n, out: Path) -> None:
-    _curve_panels(df, curves, inits, f"training loss over the first {n} batches, seed {df['seed'].min()}",
+    seeds = df["seed"].nunique()
+    _curve_panels(df, curves, inits, f"training loss over the first {n} batches, mean over {seeds} seeds",
                   "batch", n, False, out)  # fmt: skip
 
 
@@ -385,7 +396,8 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             fig_decision_boundary(df, study, paths, figs / f"{study}_boundary.png")
             md += [f"![{study} decision boundary](figures/{study}_boundary.png)", ""]
         else:
-            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, seed {df['seed'].min()}",
+            seeds = df["seed"].nunique()
+            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, mean over {seeds} seeds",
                             figs / f"{study}_loss.png")  # fmt: skip
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
     return "\n".join(md) + "\n"
