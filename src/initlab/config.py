@@ -257,7 +257,8 @@ class ReportParams(Strict):
 class CompareRow(Strict):
     """A figure a seed reported, beside ours: ``metric`` (a column of the evaluate table) over the
     runs matching ``where``, shown as its mean, mean ± std or percentage; or (``show: rank``) the
-    ``top`` values of ``rank_by`` (an init, say) by their mean ``metric``."""
+    best value of ``rank_by`` (an init, say) and those a paired test over seeds cannot tell from it
+    (``initlab.stats``), not a ranking of means."""
 
     seed: str
     claim: str
@@ -267,7 +268,6 @@ class CompareRow(Strict):
     show: Literal["mean", "mean_std", "percent", "rank"] = "mean"
     digits: Annotated[int, Field(ge=0, le=8)] = 4
     rank_by: str = "init"
-    top: PosInt = 3
     label: str = ""  # rank: what the metric is called in the row ("validation accuracy")
 
 
