@@ -72,7 +72,7 @@ def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
     (``initlab.stats``). The study's own variants are compared on test accuracy; its
     ``reproduce-`` rows, the seed's protocol, among themselves on the seed's figure, validation
     accuracy (measured as the seed measured it)."""
-    from initlab.stats import verdicts
+    from initlab.stats import mean_interval, verdicts
 
     parts = []
     for reproduce, metric in ((False, "test_accuracy"), (True, "val_accuracy")):
@@ -82,8 +82,9 @@ def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
         v = verdicts(runs, metric)
         v.insert(1, "metric", metric)
         ident = runs.groupby("variant", sort=False)[["init", "loss", "normalize", "lr", "reproduce"]].first()
-        test = verdicts(runs, "test_accuracy")[["variant", "mean", "ci_low", "ci_high"]]
-        test.columns = ["variant", "test_mean", "test_ci_low", "test_ci_high"]
+        test = pd.DataFrame([(name, *mean_interval(g["test_accuracy"].to_numpy(dtype=float)))
+                             for name, g in runs.groupby("variant", sort=False)],
+                            columns=["variant", "test_mean", "test_ci_low", "test_ci_high"])  # no second test
         parts.append(v.merge(ident, left_on="variant", right_index=True).merge(test, on="variant"))
     out = pd.concat(parts, ignore_index=True)
     cols = ["variant", "init", "loss", "normalize", "lr", "reproduce", "n", "diverged", "metric", "mean", "ci_low",

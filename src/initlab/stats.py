@@ -30,6 +30,12 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """The mean of the finite ``values`` (NaN if none) and its ``interval``."""
+    mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return (mean, *interval(values))
+
+
 def paired_p(a: pd.Series, b: pd.Series) -> float:
     """Two-sided paired t-test of ``a`` against ``b`` (indexed by seed) on the seeds both have."""
     from scipy import stats
@@ -59,9 +65,7 @@ def verdicts(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     by = df.groupby(["seed", "variant"])[metric].mean().unstack()  # seed x variant
     rows = []
     for variant, g in df.groupby("variant", sort=False):
-        values = g[metric].to_numpy(dtype=float)
-        low, high = interval(values)
-        mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        mean, low, high = mean_interval(g[metric].to_numpy(dtype=float))
         rows.append({"variant": variant, "n": len(g), "diverged": int(g["diverged"].sum()),
                      "mean": mean, "ci_low": low, "ci_high": high})  # fmt: skip
     out = pd.DataFrame(rows)
