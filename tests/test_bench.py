@@ -26,13 +26,15 @@ def result(**pipeline) -> dict:
                                                        "seconds": 14.0},
             "speedup": 15.0, "gemm_gflops": {"best": 170.0}, "initlab_gflops": 135.0,
             "initlab_gemm_fraction": 135 / 170, "initlab_gemm_fraction_executed": 0.6,
+            "initlab_no_diagnostics": {"seconds_per_model": 0.96, "seconds": 13.44},
+            "diagnostics_cost": 14 / 13.44 - 1,
             "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, **pipeline}}  # fmt: skip
 
 
 def test_summary_prints_each_target_with_its_ratio():
     r = result(mlflow_seconds=9.0, mlflow_share_of_training=0.05, train_seconds=180.0)
     text = "\n".join(bench.summary_lines(r))
-    for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s"):
+    for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s", "diagnostics cost +4.2%"):
         assert part in text
 
 

@@ -77,6 +77,16 @@ BAD = [
     ("studies.line.inits.bad_start.bias", float("nan"), "bad_start.bias"),
     ("studies.line.inits.bad_start.bias", "ones",
      "studies.line.inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
+    ("studies.depth.profiles.full", {"train.epochs": 0},
+     "profiles.full: train.epochs = 0: Input should be greater than 0"),
+    ("studies.depth.profiles.full", {"trian.epochs": 5}, "profiles.full: 'trian.epochs' is not a key"),
+    ("studies.depth.train.models.relu30", {"depth": 30, "width": 0}, "allowed: two positive integers"),
+    ("studies.depth.train.models.relu30", {"depth": 3, "width": 8, "hidden": [4]}, "not both"),
+    ("studies.depth.train.model", {"hidden": [4]}, "give model (one architecture) or models"),
+    ("studies.depth.inits.lsuv.args", {"tol": 0.1, "rounds": 3},
+     "lsuv takes no argument 'rounds'; allowed: tol, max_rounds"),
+    ("studies.saturation.train.diagnostics.at_steps", [-1], "greater than or equal to 0"),
+    ("studies.circles_dlai.data.val_args", None, "give both"),
 ]
 
 

@@ -131,3 +131,30 @@ def test_a_table_study_needs_its_files_hash_and_numeric_features(tmp_path, monke
     pd.DataFrame({"a": ["x", "y"], "y": [0, 1]}).to_csv("t.csv", index=False)
     with pytest.raises(DataError, match="columns a are not numeric"):
         data.download("t", study(sha256=sha256(tmp_path / "t.csv")), Paths())
+
+
+def test_deeplearning_ai_circles_are_the_exercises_own_draws(tmp_path, params):
+    """circles_dlai: training rows = np.random.seed(1); make_circles(300, noise=.05), test rows =
+    np.random.seed(2); make_circles(100, noise=.05), as the exercise's load_dataset draws them;
+    validation is a third, separate draw."""
+    import sklearn.datasets
+
+    from initlab import data
+    from initlab.config import Paths
+    from initlab.io import read_npz
+
+    paths = Paths(tmp_path)
+    sp = params.study("circles_dlai")
+    data.download("circles_dlai", sp, paths)
+    summary = data.prepare("circles_dlai", sp, paths)
+    d = read_npz(paths.prepared("circles_dlai"))
+    np.random.seed(1)
+    x_train, y_train = sklearn.datasets.make_circles(n_samples=300, noise=0.05)
+    np.random.seed(2)
+    x_test, y_test = sklearn.datasets.make_circles(n_samples=100, noise=0.05)
+    np.testing.assert_array_equal(d["x_train"], x_train.astype(np.float32))
+    np.testing.assert_array_equal(d["y_train"], y_train)
+    np.testing.assert_array_equal(d["x_test"], x_test.astype(np.float32))
+    np.testing.assert_array_equal(d["y_test"], y_test)
+    assert summary["sizes"] == {"train": 300, "val": 100, "test": 100}
+    assert not np.isin(d["x_val"][:, 0], d["x_test"][:, 0]).any()

@@ -57,7 +57,7 @@ def variant_means(folder: Path) -> dict[str, dict[str, float | None]]:
     """Per study, each variant's mean test accuracy over seeds (4 decimals; None: diverged)."""
     out = {}
     for f in sorted(folder.glob("*.csv")):
-        if f.stem.endswith(("_variants", "_curves")):  # per-variant tables and plot data
+        if f.stem.endswith(("_variants", "_curves", "_layers")):  # per-variant tables and plot data
             continue
         means = pd.read_csv(f).groupby("variant")["test_accuracy"].mean()
         out[f.stem] = {v: None if math.isnan(m) else round(float(m), 4) for v, m in means.items()}

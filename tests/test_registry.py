@@ -135,3 +135,41 @@ def test_data_stages_do_not_import_torch():
     code = ("import sys; from initlab import cli, config, data; "
             "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lecun_normal_and_large_random():
+    check_normal(draw("lecun_normal")[0], 0.0, 1 / math.sqrt(FAN_IN))
+    check_normal(draw("large_random")[0], 0.0, 10.0)  # deeplearning.ai: randn * 10
+    check_normal(draw("large_random", scale=3.0)[0], 0.0, 3.0)
+
+
+@pytest.mark.parametrize(("shape", "gain"), [((400, 900), 1.0), ((900, 400), 2.0)])
+def test_orthogonal_rows_or_columns_are_orthonormal_times_gain(shape, gain):
+    """W W^T = gain^2 I when rows are fewer, W^T W = gain^2 I when columns are (Saxe et al. 2014)."""
+    w, b = torch.empty(*shape), torch.empty(shape[0])
+    init_linear(w, b, "orthogonal", {"gain": gain}, "zeros", torch.Generator().manual_seed(0))
+    small = w @ w.T if shape[0] <= shape[1] else w.T @ w
+    torch.testing.assert_close(small, gain**2 * torch.eye(min(shape)), rtol=0, atol=1e-4)
+    assert torch.linalg.svdvals(w).sub(gain).abs().max() < 1e-4  # every singular value is the gain
+
+
+def test_lsuv_gives_each_layer_unit_output_std_on_its_batch():
+    """LSUV (Mishkin & Matas 2016): orthonormal start, then each layer's pre-activation std on the
+    batch within tol of 1, first layer to last; a model of another init in the stack is untouched."""
+    from initlab.config import InitSpec
+    from initlab.models import StackedMLP
+
+    sizes = [20, 64, 64, 64, 3]
+    stack = StackedMLP(2, sizes, "relu")
+    specs = [InitSpec(name="lsuv"), InitSpec(name="xavier_uniform")]
+    stack.initialise(specs, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    before = [w[1].clone() for w in stack.weights]
+    x = 5 * torch.randn(256, 20, generator=torch.Generator().manual_seed(2))  # inputs of std 5
+    rounds = stack.lsuv(x, [0], tol=[0.1], max_rounds=[10])
+    for k in range(len(stack.weights)):
+        assert abs(stack(x, upto=k)[0].std().item() - 1) <= 0.1
+        assert torch.equal(stack.weights[k][1], before[k])
+    assert 1 <= rounds[0] <= 10 * len(sizes[1:])
+    capped = StackedMLP(1, sizes, "relu")
+    capped.initialise(specs[:1], [torch.Generator().manual_seed(0)])
+    assert capped.lsuv(x, [0], tol=[0.1], max_rounds=[0]) == [0]  # max_rounds bounds the rescaling

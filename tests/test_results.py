@@ -112,3 +112,27 @@ def test_intervals_paired_verdicts_and_holm_correction():
     assert v.loc["z", "verdict"] == "diverged"
     raw = sps.ttest_rel([0.80, 0.70, 0.60], [0.81, 0.72, 0.62]).pvalue
     assert v.loc["a", "p_vs_best"] == pytest.approx(min(1, 2 * raw))  # two comparisons with a p-value
+
+
+def test_a_study_of_several_models_judges_each_variant_within_its_model():
+    """With train.models, the best of each architecture is 'best'; a variant is not called worse
+    for losing to a variant of another architecture."""
+    from initlab.config import Variant
+    from initlab.evaluate import variant_stats
+
+    rows = []
+    for model, base in (("deep", 0.10), ("shallow", 0.80)):
+        for init, shift in (("a", 0.05), ("b", 0.0)):
+            for seed in range(4):
+                v = Variant("s", init, "cross_entropy", "none", 0.01, seed, model=model)
+                assert v.name == f"{init}-cross_entropy-none-lr0.01-{model}"
+                rows.append({"run_name": v.run_name, "variant": v.name, "model": model, "init": init,
+                             "loss": "cross_entropy", "normalize": "none", "lr": 0.01, "seed": seed,
+                             "reproduce": False, "diverged": 0, "val_accuracy": np.nan,
+                             "test_accuracy": base + shift + 0.001 * seed * (1 if init == "a" else -1),
+                             })  # fmt: skip
+    vt = variant_stats(pd.DataFrame(rows)).set_index("variant")
+    assert vt.loc["a-cross_entropy-none-lr0.01-deep", "verdict"] == "best"
+    assert vt.loc["a-cross_entropy-none-lr0.01-shallow", "verdict"] == "best"
+    assert vt.loc["b-cross_entropy-none-lr0.01-deep", "verdict"] == "worse"
+    assert list(vt["model"].unique()) == ["deep", "shallow"]

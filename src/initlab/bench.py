@@ -111,11 +111,18 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
             "samples": len(train_idx) * epochs, "n_params": n_params}  # fmt: skip
 
 
-def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str = "cpu") -> dict:
+def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str = "cpu",
+                      diagnostics: bool = True) -> dict:  # fmt: skip
     """One group of the Fashion-MNIST study trained as ``dvc repro`` trains it (its stacks, in
     threads on CPU): every model that reads seed ``seed``'s batches (each init x loss); wall
-    seconds per model."""
+    seconds per model. ``diagnostics=False``: without the per-layer probe, to measure its cost."""
+    from unittest import mock
+
     from initlab.train import load_study_data, run_stacks, stacks_for, train_group
+
+    if not diagnostics:
+        with mock.patch("initlab.train.Probe", NoProbe):
+            return initlab_per_model(params, paths, seed, device)
 
     st = params.study("fashion_mnist").train
     group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed),
@@ -137,6 +144,22 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
     return {"seconds_per_model": seconds / len(group), "models": len(group), "seconds": seconds,
             "samples": len(data["x_train"]) * st.epochs, "n_params": n_params,
             "val_accuracy": acc}  # fmt: skip
+
+
+class NoProbe:
+    """``initlab.diagnostics.Probe`` doing nothing: the trainer without its per-layer diagnostics."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def wants(self, step: int) -> bool:
+        return False
+
+    def end(self, steps: int) -> None:
+        pass
+
+    def rows(self, m: int) -> list:
+        return []
 
 
 def executed_flops_per_sample(sizes: list[int]) -> int:
@@ -234,20 +257,25 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
     progress("(c) float32 GEMM rate ...")
     gemm_before = gemm_gflops()
-    runs_a, runs_b = [], []
+    runs_a, runs_b, runs_b0 = [], [], []
     for i in range(repeats):  # interleaved, so that a slow spell of the machine hits both
         progress(f"(a) seed 001's loop, one model ({i + 1}/{repeats}) ...")
         runs_a.append(seed_loop(paths.raw("fashion_mnist")))
         progress(f"(b) initlab's trainer, one group ({i + 1}/{repeats}) ...")
         runs_b.append(initlab_per_model(params, paths, device=device))
+        progress(f"(b0) the same without per-layer diagnostics ({i + 1}/{repeats}) ...")
+        runs_b0.append(initlab_per_model(params, paths, device=device, diagnostics=False))
     a = {**min(runs_a, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_a]}
     b = {**min(runs_b, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b]}
+    b0 = {**min(runs_b0, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b0]}
+    b0.pop("val_accuracy", None)
     gemm_after = gemm_gflops()
     gemm = max(gemm_before, gemm_after)
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
     executed = executed_flops_per_sample(sizes) * b["samples"] / 1e9
     out.update(
-        seed_loop=a, initlab=b,
+        seed_loop=a, initlab=b, initlab_no_diagnostics=b0,
+        diagnostics_cost=b["seconds"] / b0["seconds"] - 1,
         gemm_gflops={"before": gemm_before, "after": gemm_after, "best": gemm},
         gflop_per_model={"nominal_6N": nominal, "executed": executed},
         speedup=a["seconds"] / b["seconds_per_model"],
@@ -280,6 +308,11 @@ def summary_lines(r: dict) -> list[str]:
         f"{100 * r['initlab_gemm_fraction']:.0f}% of (c)   (target >= 60%; 6N FLOPs per sample; "
         f"{100 * r['initlab_gemm_fraction_executed']:.0f}% counting only the FLOPs executed)",
     ]
+    if "initlab_no_diagnostics" in r:
+        b0 = r["initlab_no_diagnostics"]
+        lines.insert(4, f"(b0) without diagnostics: {b0['seconds_per_model']:.2f} s per model"
+                     f"{_of(b0.get('all_seconds', []))}"
+                     f"; per-layer diagnostics cost {100 * r['diagnostics_cost']:+.1f}%   (target <= +10%)")
     if "pipeline" in r:
         p = r["pipeline"]
         lines += [

@@ -77,6 +77,16 @@ class SklearnSource(Strict):
     kind: Literal["sklearn"]
     generator: str
     args: dict[str, Any] = {}
+    # Held-out splits drawn by their own calls (args updated by these), as deeplearning.ai draws
+    # its test set: then ``args`` gives the training rows alone, and ``split`` fractions are unused.
+    val_args: dict[str, Any] | None = None
+    test_args: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> SklearnSource:
+        if (self.val_args is None) != (self.test_args is None):
+            raise ValueError("val_args and test_args: give both (held-out splits drawn apart) or neither")
+        return self
 
     @field_validator("generator")
     @classmethod
@@ -172,9 +182,36 @@ class InitSpec(Strict):
 
 
 class ModelSpec(Strict):
+    """An MLP: its hidden layer sizes (``hidden``, or ``depth`` layers of ``width`` units), one
+    activation for every hidden layer, and dropout after each."""
+
     hidden: list[PosInt] = []
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _depth_width(cls, data: Any) -> Any:
+        """``{depth: 30, width: 256}`` is ``hidden: [256] * 30``."""
+        if not isinstance(data, dict) or not ({"depth", "width"} & set(data)):
+            return data
+        data = dict(data)
+        depth, width = data.pop("depth", None), data.pop("width", None)
+        if "hidden" in data:
+            raise ValueError("give hidden, or depth and width, not both")
+        if not (isinstance(depth, int) and isinstance(width, int) and depth > 0 and width > 0):
+            raise ValueError(f"depth = {depth!r}, width = {width!r}; allowed: two positive integers")
+        data["hidden"] = [width] * depth
+        return data
+
+
+class Diagnostics(Strict):
+    """Per-layer statistics of every model on a fixed probe batch (the first ``probe_rows`` rows
+    of the training split, eval mode), before optimiser step ``s`` for each ``s`` of ``at_steps``
+    and after the last step (``initlab.train.layer_stats``)."""
+
+    probe_rows: PosInt = 256
+    at_steps: list[Annotated[int, Field(ge=0)]] = [0, 100]
 
 
 def _distinct(v: list) -> list:
@@ -208,6 +245,9 @@ class Reproduce(Strict):
 
 class StudyTrain(Strict):
     model: ModelSpec = ModelSpec()
+    # Several architectures by label (a grid axis, as inits): each variant trains one of them.
+    models: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ModelSpec] = {}
+    diagnostics: Diagnostics = Diagnostics()
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: list[PosFloat]
     batch_size: PosInt | None = None  # None: full batch
@@ -242,6 +282,21 @@ class StudyTrain(Strict):
         return v
 
     _distinct_values = field_validator("lr", "seeds", "inits", "losses", "normalize")(_distinct)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_or_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data and "models" in data:
+            raise ValueError("models: give model (one architecture) or models (several by label), not both")
+        return data
+
+    def spec(self, label: str) -> ModelSpec:
+        """The architecture of a variant's ``model`` label ("" when the study has one)."""
+        return self.models[label] if label else self.model
+
+    @property
+    def model_labels(self) -> list[str]:
+        return list(self.models) or [""]
 
 
 class TrackingParams(Strict):
@@ -281,6 +336,28 @@ class StudyParams(Strict):
     split: Split  # required, as every key a stage depends on (dvc.yaml names studies.<s>.split)
     train: StudyTrain
     inits: dict[str, InitSpec]  # the initialisers this study names, by label
+    # Heavier settings of a study whose default is kept light, by name: dotted keys of the study
+    # and their values, run with `dvc exp run -S studies.<study>.<key>=<value>` (``profile_args``).
+    profiles: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _profiles_valid(self) -> StudyParams:
+        for name, overrides in self.profiles.items():
+            raw = self.model_dump(exclude_defaults=True, exclude={"profiles"})
+            for dotted, value in overrides.items():
+                *parents, leaf = dotted.split(".")
+                node = raw
+                for part in parents:
+                    node = node.setdefault(part, {}) if isinstance(node, dict) else None
+                if not isinstance(node, dict) or parents[:1] not in (["data"], ["split"], ["train"]):
+                    raise ValueError(f"profiles.{name}: {dotted!r} is not a key of the study's data, split "
+                                     "or train")  # fmt: skip
+                node[leaf] = value
+            try:
+                StudyParams.model_validate(raw)
+            except ValidationError as exc:
+                raise ValueError(f"profiles.{name}: {_first_error(exc).removeprefix('params.yaml: ')}") from None
+        return self
 
     @model_validator(mode="after")
     def _inits_named(self) -> StudyParams:
@@ -387,10 +464,11 @@ class Variant:
     lr: float
     seed: int
     reproduce: bool = False
+    model: str = ""  # a label of train.models; "" when the study has one architecture
 
     @property
     def name(self) -> str:
-        base = f"{self.init}-{self.loss}-{self.normalize}-lr{self.lr:g}"
+        base = f"{self.init}-{self.loss}-{self.normalize}-lr{self.lr:g}" + (f"-{self.model}" if self.model else "")
         return f"reproduce-{base}" if self.reproduce else base
 
     @property
@@ -402,16 +480,16 @@ def variants(params: Params, study: str) -> list[Variant]:
     """Every model of a study: inits x losses x normalisations x lrs x seeds, then the reproduction."""
     st = params.study(study).train
     out = [
-        Variant(study, init, loss, norm, lr, seed)
-        for init, loss, norm, lr, seed in itertools.product(
-            st.inits, st.losses, st.normalize, st.lr, st.seeds
+        Variant(study, init, loss, norm, lr, seed, model=model)
+        for model, init, loss, norm, lr, seed in itertools.product(
+            st.model_labels, st.inits, st.losses, st.normalize, st.lr, st.seeds
         )
     ]
     if st.reproduce:
         r = st.reproduce
         out += [
-            Variant(study, init, loss, "none", st.lr[0], seed, True)
-            for init, loss, seed in itertools.product(r.inits, r.losses, r.seeds)
+            Variant(study, init, loss, "none", st.lr[0], seed, True, model)
+            for model, init, loss, seed in itertools.product(st.model_labels, r.inits, r.losses, r.seeds)
         ]
     return out
 
@@ -452,6 +530,9 @@ class Paths:
 
     def curves(self, study: str) -> Path:
         return self.pipeline / "evaluate" / f"{study}_curves.csv"
+
+    def layers(self, study: str) -> Path:
+        return self.pipeline / "evaluate" / f"{study}_layers.csv"
 
     @property
     def tracked(self) -> Path:

@@ -77,13 +77,22 @@ def _line(lp: LineSource) -> dict[str, np.ndarray]:
 
 
 def _sklearn(src: SklearnSource) -> dict[str, np.ndarray]:
+    """``x``, ``y`` from ``args``; with ``val_args`` and ``test_args``, also ``x_val`` ... ``y_test``,
+    each from its own call (``args`` updated by them)."""
     import sklearn.datasets
 
-    try:
-        x, y = getattr(sklearn.datasets, src.generator)(**src.args)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"data.args of {src.generator}: {exc}") from None
-    return {"x": x.astype(np.float32), "y": y.astype(np.int64)}
+    out = {}
+    calls = {"": src.args}
+    if src.val_args is not None and src.test_args is not None:
+        calls.update(_val={**src.args, **src.val_args}, _test={**src.args, **src.test_args})
+    for suffix, args in calls.items():
+        try:
+            x, y = getattr(sklearn.datasets, src.generator)(**args)
+        except (TypeError, ValueError) as exc:
+            key = f"{suffix.lstrip('_')}_args" if suffix else "args"
+            raise ParamsError(f"data.{key} of {src.generator}: {exc}") from None
+        out[f"x{suffix}"], out[f"y{suffix}"] = x.astype(np.float32), y.astype(np.int64)
+    return out
 
 
 def _table(src: TableSource) -> dict[str, np.ndarray]:
@@ -251,7 +260,10 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         splits = (d["x_train"], d["y_train"], x_val, y_val, x_test, y_test)
     elif isinstance(src, SklearnSource | TableSource):
         d = read_npz(raw / "data.npz")
-        splits = _split3(d["x"], d["y"], sp_split.val_fraction, sp_split.test_fraction, seed)
+        if "x_test" in d:  # held-out splits drawn by their own calls: no split of the training rows
+            splits = (d["x"], d["y"], d["x_val"], d["y_val"], d["x_test"], d["y_test"])
+        else:
+            splits = _split3(d["x"], d["y"], sp_split.val_fraction, sp_split.test_fraction, seed)
     elif isinstance(src, EcgSource):
         h = src
         bpm = heart_rate_bpm(raw / "ecg.dat", h.sampling_hz, h.peak_distance)

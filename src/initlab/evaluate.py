@@ -69,27 +69,34 @@ def summarise(df: pd.DataFrame) -> dict:
 
 def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: mean and 95 % interval over seeds, and a verdict against the best
-    (``initlab.stats``). The study's own variants are compared on test accuracy; its
-    ``reproduce-`` rows, the seed's protocol, among themselves on the seed's figure, validation
-    accuracy (measured as the seed measured it)."""
+    (``initlab.stats``) of its architecture (``train.models``). The study's own variants are
+    compared on test accuracy; its ``reproduce-`` rows, the seed's protocol, among themselves on
+    the seed's figure, validation accuracy (measured as the seed measured it)."""
     from initlab.stats import mean_interval, verdicts
 
     parts = []
-    for reproduce, metric in ((False, "test_accuracy"), (True, "val_accuracy")):
-        runs = df[df["reproduce"] == reproduce]
-        if not len(runs):
-            continue
+    by_model = model_column(df)  # several architectures: each variant is judged against its own's best
+    for key, runs in df.groupby(["reproduce", *by_model], sort=True):
+        reproduce = bool(key[0])
+        metric = "val_accuracy" if reproduce else "test_accuracy"
         v = verdicts(runs, metric)
         v.insert(1, "metric", metric)
-        ident = runs.groupby("variant", sort=False)[["init", "loss", "normalize", "lr", "reproduce"]].first()
+        ident = runs.groupby("variant", sort=False)[[*model_column(df), "init", "loss", "normalize", "lr",
+                                                     "reproduce"]].first()  # fmt: skip
         test = pd.DataFrame([(name, *mean_interval(g["test_accuracy"].to_numpy(dtype=float)))
                              for name, g in runs.groupby("variant", sort=False)],
                             columns=["variant", "test_mean", "test_ci_low", "test_ci_high"])  # no second test
         parts.append(v.merge(ident, left_on="variant", right_index=True).merge(test, on="variant"))
     out = pd.concat(parts, ignore_index=True)
-    cols = ["variant", "init", "loss", "normalize", "lr", "reproduce", "n", "diverged", "metric", "mean", "ci_low",
-            "ci_high", "p_vs_best", "verdict", "test_mean", "test_ci_low", "test_ci_high"]  # fmt: skip
+    cols = ["variant", *model_column(df), "init", "loss", "normalize", "lr", "reproduce", "n", "diverged",
+            "metric", "mean", "ci_low", "ci_high", "p_vs_best", "verdict", "test_mean", "test_ci_low",
+            "test_ci_high"]  # fmt: skip
     return out[cols]
+
+
+def model_column(df: pd.DataFrame) -> list[str]:
+    """``["model"]`` for a study of several architectures (``train.models``), else none."""
+    return ["model"] if "model" in df.columns else []
 
 
 CURVE_POINTS = 200  # per variant in the DVC plot of training loss; the full curves: curves.npz
@@ -113,6 +120,16 @@ def loss_curves(df: pd.DataFrame, curves: dict[str, np.ndarray]) -> pd.DataFrame
     return pd.concat(parts, ignore_index=True) if parts else empty
 
 
+def layer_profile(df: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's diagnostics at initialisation, the mean over its seeds, per layer (long
+    format: variant, layer, then every statistic), for ``dvc plots``: act_std against depth."""
+    from initlab.diagnostics import STATS
+
+    init = diag[diag["point"] == "init"].merge(df[["run_name", "variant"]], on="run_name")
+    out = init.groupby(["variant", "layer"], sort=True)[list(STATS)].mean().reset_index()
+    return out
+
+
 def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     """The per-run table (``initlab track`` logs its test metrics), the per-variant table with
     intervals and verdicts, the training-loss curves as data, and the DVC metrics."""
@@ -125,4 +142,7 @@ def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     curves = read_npz(paths.trained(study) / "curves.npz")
     with atomic_path(paths.curves(study)) as tmp:
         loss_curves(df, curves).to_csv(tmp, index=False, float_format="%.6g")
+    diag = read_csv(paths.trained(study) / "diagnostics.csv", ("run_name", "point", "layer"))
+    with atomic_path(paths.layers(study)) as tmp:
+        layer_profile(df, diag).to_csv(tmp, index=False, float_format="%.6g")
     write_json(paths.metrics(study), summarise(df))

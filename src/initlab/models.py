@@ -75,10 +75,13 @@ class StackedMLP(nn.Module):
                 init_linear(weight, self.biases[k].data[m], spec.name, spec.args, spec.bias, gen)
                 self.weights[k].data[m].copy_(weight if self.narrow[k] else weight.T)
 
-    def forward(self, x: Tensor, dropout: DropoutStreams | None = None) -> Tensor:
+    def forward(self, x: Tensor, dropout: DropoutStreams | None = None, record: list | None = None,
+                upto: int | None = None) -> Tensor:  # fmt: skip
         """``x``: ``(B, in)`` shared by all models, or ``(M, B, in)``. Returns ``(M, B, out)``.
 
-        Training with dropout needs ``dropout``, the models' mask streams."""
+        Training with dropout needs ``dropout``, the models' mask streams. ``record``, a list,
+        receives ``(pre_activation, activation)`` of each layer (activation ``None`` for the last);
+        ``upto=k`` stops after layer k's pre-activation and returns it."""
         M = self.n_models
         h = x
         if self.batchnorm_input:
@@ -91,13 +94,47 @@ class StackedMLP(nn.Module):
                 h = torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if k == upto:
+                return h
+            pre = h
             if k < last:
                 h = ACTIVATIONS[self.activation][0](h)
+                if record is not None:
+                    record.append((pre, h))
                 if self.training and self.dropout > 0:
                     if dropout is None:
                         raise ValueError("training with dropout needs the models' DropoutStreams")
                     h = h * dropout.mask(h.shape[1:], self.dropout)
+            elif record is not None:
+                record.append((pre, None))
         return apply_head(h, self.head)
+
+    @torch.no_grad()
+    def lsuv(self, x: Tensor, models: list[int], tol: list[float], max_rounds: list[int]) -> list[int]:
+        """LSUV's data step (Mishkin & Matas 2016, ``initlab.registry.lsuv``) for ``models``:
+        first layer to last, divide the layer's weight by the standard deviation of its output on
+        ``x`` until it is within ``tol`` of 1, at most ``max_rounds`` rounds (per model). Runs in
+        eval mode (no dropout); returns each model's rounds, summed over layers."""
+        was = self.training
+        self.eval()
+        idx = torch.tensor(models, device=self.weights[0].device)
+        tol_t = torch.tensor(tol, device=idx.device)
+        limit = torch.tensor(max_rounds, device=idx.device)
+        total = torch.zeros(len(models), dtype=torch.long, device=idx.device)
+        for k, w in enumerate(self.weights):
+            rounds = torch.zeros(len(models), dtype=torch.long, device=idx.device)
+            while True:
+                pre = self(x, upto=k).index_select(0, idx)
+                std = pre.flatten(1).std(dim=1)
+                todo = ((std - 1).abs() > tol_t) & (rounds < limit) & torch.isfinite(std) & (std > 0)
+                if not todo.any():
+                    break
+                scale = torch.where(todo, 1.0 / std, torch.ones_like(std))
+                w.data[idx] = w.data[idx] * scale.view(-1, 1, 1)
+                rounds += todo.long()
+            total += rounds
+        self.train(was)
+        return total.tolist()
 
     def _batchnorm(self, x: Tensor) -> Tensor:
         # BatchNorm1d over each model's own channels: fold models into the channel axis.

@@ -138,6 +138,51 @@ def default(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
 
 
+def lecun_normal(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """w ~ N(0, 1/fan_in): unit output variance for a linear unit on unit-variance inputs.
+
+    LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998 (section 4.6); also the init of SELU
+    networks (Klambauer et al. 2017). kaiming_normal with gain 1.
+    """
+    return nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fans(w)[0]), generator=generator)
+
+
+def large_random(w: Tensor, generator: torch.Generator | None = None, *, scale: float = 10.0) -> Tensor:
+    """w ~ scale * N(0, 1), scale = 10: the "large random" start of deeplearning.ai's
+    initialisation exercise (``np.random.randn(n_l, n_{l-1}) * 10``), which saturates the sigmoid
+    output at once: its loss starts near infinity and training crawls."""
+    return nn.init.normal_(w, 0.0, scale, generator=generator)
+
+
+def orthogonal(w: Tensor, generator: torch.Generator | None = None, *, gain: float = 1.0) -> Tensor:
+    """w = gain * Q, Q the orthogonal factor of a QR decomposition of a N(0, 1) matrix (signs
+    fixed by R's diagonal), so its rows (or columns, whichever are fewer) are orthonormal: every
+    singular value is ``gain`` and a deep linear net keeps the norm of its signal.
+
+    Saxe, McClelland & Ganguli, "Exact solutions to the nonlinear dynamics of learning in deep
+    linear neural networks", ICLR 2014 (``torch.nn.init.orthogonal_``).
+    """
+    return nn.init.orthogonal_(w, gain=gain, generator=generator)
+
+
+def lsuv(
+    w: Tensor, generator: torch.Generator | None = None, *, tol: float = 0.1, max_rounds: int = 10
+) -> Tensor:
+    """Layer-sequential unit variance: an orthonormal start (``orthogonal``, gain 1), then, first
+    layer to last, the layer's weight divided by the standard deviation of its output (the
+    pre-activation) on one batch of training data, until that is within ``tol`` of 1 or after
+    ``max_rounds`` rounds. Biases are not changed (zeros unless given).
+
+    Mishkin & Matas, "All you need is a good init", ICLR 2016, algorithm 1; tolerance and rounds
+    as in the authors' reference code (``LSUVinit``: ``std_tol=0.1``, ``max_attempts=10``). This
+    function is the orthonormal start; the rescaling needs data and a forward pass through the
+    layers below, and is ``initlab.models.StackedMLP.lsuv`` (the train stage runs it).
+    """
+    return nn.init.orthogonal_(w, gain=1.0, generator=generator)
+
+
+DATA_DEPENDENT = {"lsuv"}  # initialisers finished on data by the model (``StackedMLP.lsuv``)
+
 INITIALIZERS: dict[str, InitFn] = {
     f.__name__: f
     for f in (
@@ -153,6 +198,10 @@ INITIALIZERS: dict[str, InitFn] = {
         kaiming_uniform,
         kaiming_normal,
         default,
+        lecun_normal,
+        large_random,
+        orthogonal,
+        lsuv,
     )
 }
 

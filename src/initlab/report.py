@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from initlab.config import CompareRow, InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
 from initlab.io import atomic_path, load_weights, read_csv, read_json, read_npz  # noqa: E402
@@ -77,15 +78,21 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)  # "0.990" stays "0.990"
 
 
-def summary(sp, vt: pd.DataFrame, baseline: float) -> str:
-    """Three to five sentences from the numbers: the question, the answer, the evidence."""
+def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None = None, n_classes: int = 2,
+            question: bool = True) -> str:  # fmt: skip
+    """Three to five sentences from the numbers: the question, the answer, the evidence. With
+    ``final_loss`` (per variant, its last epoch's training loss), the variants at chance say it,
+    beside ln(classes), the loss of a model that has learnt nothing."""
     own = vt[~vt["reproduce"]]
     best = own[own["verdict"] == "best"].iloc[0]
     tie = own[own["verdict"] == "indistinguishable"]
     worse = own[own["verdict"] == "worse"]
     chance = own[own["ci_high"].fillna(own["mean"]) <= baseline + 0.02]
     diverged = own[own["verdict"] == "diverged"]
-    out = [f"*{sp.question}*"] if sp.question else []
+    out = [f"*{sp.question}*"] if sp.question and question else []
+    if len(chance) == len(own):
+        return " ".join([*out, f"No variant learns: every one sits at chance (the majority class, {baseline:.3f}; "
+                         f"95 % intervals at most {baseline + 0.02:.3f} over {best['n']} seeds)."])  # fmt: skip
     out.append(f"Best on held-out test accuracy: `{best['variant']}`, "
                f"{_ci_of(best)} (mean [95 % interval] over {best['n']} seeds).")
     if len(tie):
@@ -98,12 +105,20 @@ def summary(sp, vt: pd.DataFrame, baseline: float) -> str:
         w = worse.loc[worse["mean"].idxmin()]
         sit = "sits" if len(chance) == 1 else "sit"
         at_chance = f"; {len(chance)} {sit} at chance (the majority class: {baseline:.3f})" if len(chance) else ""
+        ce = chance[chance["loss"].isin(CE_LOSSES)]  # their loss, beside a uniform guess's: ln(classes)
+        if len(ce) and final_loss is not None:
+            at_chance += ": " + ", ".join(f"`{v}` (final training loss {final_loss.get(v, np.nan):.3f})"
+                                          for v in ce["variant"].head(4))
+            at_chance += f"; ln {n_classes} = {np.log(n_classes):.3f} is the cross-entropy of a uniform guess"
         verb = "is" if len(worse) == 1 else "are"
         out.append(f"{len(worse)} {verb} worse, down to `{w['variant']}` at {_ci_of(w)}{at_chance}.")
     if len(diverged):
         names = ", ".join(f"`{v}`" for v in diverged["variant"])
         out.append(f"{len(diverged)} diverged on every seed: {names}.")
     return " ".join(out)
+
+
+CE_LOSSES = ("cross_entropy", "bce", "bce_logits")  # losses whose value at a uniform guess is ln(classes)
 
 
 def protocol_table(vt: pd.DataFrame) -> tuple[list[str], str]:
@@ -140,9 +155,11 @@ def _curve(curves: dict, run: str, key: str) -> np.ndarray:
 FAMILIES = {"zeros": "constant", "ones": "constant", "constant": "constant",
             "uniform": "fixed range", "normal": "fixed range", "uniform_rule": "1/√n rule",
             "normal_rule": "1/√n rule", "default": "PyTorch default", "xavier_uniform": "Xavier",
-            "xavier_normal": "Xavier", "kaiming_uniform": "Kaiming", "kaiming_normal": "Kaiming"}  # fmt: skip
+            "xavier_normal": "Xavier", "kaiming_uniform": "Kaiming", "kaiming_normal": "Kaiming",
+            "lecun_normal": "1/√n rule", "large_random": "fixed range", "orthogonal": "orthogonal",
+            "lsuv": "LSUV"}  # fmt: skip
 CMAPS = {"constant": "Greys", "fixed range": "Oranges", "1/√n rule": "Greens", "PyTorch default": "Blues",
-         "Xavier": "Purples", "Kaiming": "Reds"}  # fmt: skip
+         "Xavier": "Purples", "Kaiming": "Reds", "orthogonal": "YlOrBr", "LSUV": "PuRd"}  # fmt: skip
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -167,7 +184,10 @@ def line_styles(df: pd.DataFrame, inits: dict[str, InitSpec]) -> tuple[dict, dic
 
 
 def _facets(df: pd.DataFrame, inits: dict[str, InitSpec]) -> list[tuple[str, pd.DataFrame]]:
-    """One panel per initialiser family (or per normalisation, where one family is all there is)."""
+    """One panel per architecture (``train.models``), else per initialiser family (or per
+    normalisation, where one family is all there is)."""
+    if "model" in df.columns and df["model"].nunique() > 1:
+        return [(f"model: {m}", df[df["model"] == m]) for m in dict.fromkeys(df["model"])]
     fams = df["init"].map(lambda i: family(inits, i))
     if fams.nunique() > 1:
         return [(f, df[fams == f]) for f in dict.fromkeys(fams)]
@@ -191,8 +211,10 @@ def _seed_mean(curves: dict, runs, key: str, n: int | None) -> np.ndarray:
     return np.nanmean(np.stack([c[:length] for c in cs]), axis=0) if length else np.array([])
 
 
-def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path) -> None:
-    """One line per variant (the mean over its seeds), a panel per family (``_facets``)."""
+def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path,
+                  n_classes: int | None = None) -> None:  # fmt: skip
+    """One line per variant (the mean over its seeds), a panel per family (``_facets``); with
+    ``n_classes`` and only cross-entropy losses, a dashed line at ln(classes), a uniform guess."""
     own = df[~df["reproduce"]]
     seeds = own.groupby("variant")["run_name"].agg(list)
     sub = own.drop_duplicates("variant").sort_values("variant")
@@ -207,6 +229,8 @@ def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, log
             if len(c):
                 ax.plot(np.arange(1, len(c) + 1), c, color=colours[run.init, run.normalize, run.lr],
                         ls=styles[run.loss], lw=1.2, label=_label(run, sub))  # fmt: skip
+        if n_classes and set(sub["loss"]) <= set(CE_LOSSES):
+            ax.axhline(np.log(n_classes), color="grey", ls="--", lw=0.8, label=f"ln {n_classes}: uniform guess")
         ax.set(title=name, xlabel=xlabel, yscale="log", xscale="log" if logx else "linear")
         ax.legend(fontsize=7)
     for ax in axes[:, 0]:
@@ -225,8 +249,8 @@ def fig_first_batches(df, curves, inits, n, out: Path) -> None:
                   "batch", n, False, out)  # fmt: skip
 
 
-def fig_loss_curves(df, curves, inits, title: str, out: Path) -> None:
-    _curve_panels(df, curves, inits, title, "optimiser step (log scale)", None, True, out)
+def fig_loss_curves(df, curves, inits, title: str, out: Path, n_classes: int | None = None) -> None:
+    _curve_panels(df, curves, inits, title, "optimiser step (log scale)", None, True, out, n_classes)
 
 
 def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tuple[int, int],
@@ -280,6 +304,127 @@ def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def _first_setting(df: pd.DataFrame, sp) -> pd.DataFrame:
+    """The study's own runs of its first loss, normalisation and learning rate: one per init,
+    model and seed (what the per-layer figures draw, so that a line is an init)."""
+    st = sp.train
+    return _one(df[~df["reproduce"]], loss=st.losses[0], normalize=st.normalize[0], lr=st.lr[0])
+
+
+def fig_layers(df, diag, sp, title: str, out: Path) -> None:
+    """Per architecture, at initialisation on the probe batch: the standard deviation of each
+    hidden layer's activations, and the norm of the loss gradient of each layer's weights
+    (Glorot & Bengio 2010, figures 6-7; He et al. 2015): one line per init, mean over seeds."""
+    runs = _first_setting(df, sp)
+    d = diag[diag["point"] == "init"].merge(runs[["run_name", "init", *(["model"] if "model" in runs else [])]],
+                                            on="run_name")  # fmt: skip
+    models = list(dict.fromkeys(d["model"])) if "model" in d else [""]
+    colours, _ = line_styles(runs.drop_duplicates("init"), sp.inits)
+    fig, axes = plt.subplots(2, len(models), figsize=(max(8.0, 5.4 * len(models)), 6.4), squeeze=False)
+    for j, m in enumerate(models):
+        part = d[d["model"] == m] if m else d
+        for init, g in part.groupby("init", sort=False):
+            mean = g.groupby("layer")[["act_std", "grad_norm"]].mean()
+            key = next(k for k in colours if k[0] == init)
+            axes[0, j].plot(mean.index, mean["act_std"], "o-", ms=3, color=colours[key], label=init)
+            axes[1, j].plot(mean.index, mean["grad_norm"], "o-", ms=3, color=colours[key], label=init)
+        axes[0, j].set(title=f"model: {m}" if m else "", yscale="log", ylabel="activation std (log)")
+        axes[1, j].set(xlabel="layer (1 = first hidden)", yscale="log", ylabel="gradient norm ||dL/dW|| (log)")
+        axes[0, j].legend(fontsize=7, ncol=2 if part["init"].nunique() > 7 else 1)
+        for ax in axes[:, j]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def fig_saturation(df, diag, sp, out: Path) -> None:
+    """Each hidden layer over training, on the probe batch (Glorot & Bengio 2010, figures 2-4): the
+    mean activation with a band of one standard deviation (top row), and the share of saturated
+    units, |tanh| > 0.97 or sigmoid within 0.03 of 0 or 1 (bottom row); a column per
+    architecture and init, mean over seeds."""
+    runs = _first_setting(df, sp)
+    d = diag.merge(runs[["run_name", "init", *(["model"] if "model" in runs else [])]], on="run_name")
+    d = d[d["saturated"].notna()]
+    keys = list(dict.fromkeys(zip(d["model"] if "model" in d else [""] * len(d), d["init"])))
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False, sharex=True)
+    cmap = plt.get_cmap("viridis")
+    for j, (m, init) in enumerate(keys):
+        g = d[(d["init"] == init) & ((d["model"] == m) if m else True)]
+        mean = g.groupby(["layer", "step"])[["act_mean", "act_std", "saturated"]].mean()
+        layers = sorted(g["layer"].unique())
+        for i, layer in enumerate(layers):
+            c = cmap(i / max(1, len(layers) - 1))
+            part = mean.loc[layer]
+            axes[0, j].plot(part.index, part["act_mean"], "o-", ms=3, color=c, label=f"layer {layer}")
+            axes[0, j].fill_between(part.index, part["act_mean"] - part["act_std"],
+                                    part["act_mean"] + part["act_std"], color=c, alpha=0.12)  # fmt: skip
+            axes[1, j].plot(part.index, part["saturated"], "o-", ms=3, color=c, label=f"layer {layer}")
+        axes[0, j].set(title=f"{m} · {init}" if m else init)
+        axes[1, j].set(xlabel="optimiser step", ylim=(-0.02, 1.02))
+        axes[0, j].legend(fontsize=7)
+    axes[0, 0].set_ylabel("activation mean ± std")
+    axes[1, 0].set_ylabel("share of saturated units")
+    fig.suptitle(f"hidden layers over training (probe batch), mean over {df['seed'].nunique()} seeds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def fig_boundaries(df, sp, study: str, paths: Paths, out: Path) -> None:
+    """The decision boundary of each init (its first seed, in the study's first setting), a panel
+    each, over every point of the study (train, validation and test)."""
+    d = read_npz(paths.prepared(study), study=study)
+    x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
+    y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
+    runs = _first_setting(df, sp)
+    runs = runs[runs["seed"] == runs["seed"].min()].drop_duplicates("init")
+    g = np.linspace(x.min() - 0.3, x.max() + 0.3, 250, dtype=np.float32)
+    xx, yy = np.meshgrid(g, g)
+    grid = torch.from_numpy(np.c_[xx.ravel(), yy.ravel()])
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2), squeeze=False)
+    for ax, run in zip(axes[0], runs.to_dict("records")):
+        arch = json.loads(run["arch"])
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
+        if not run["diverged"]:
+            module = build_module(**arch)
+            module.load_state_dict(load_weights(paths.trained(study) / "weights" / f"{run['run_name']}.pt"))
+            with torch.no_grad():
+                z = module(grid).numpy().reshape(xx.shape)
+            z = 1 / (1 + np.exp(-z)) if arch["head"] == "none" else z
+            ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.5)
+            ax.contour(xx, yy, z, levels=[0.5], colors="k")
+        ax.set_title(f"{run['init']}: train {run['train_accuracy']:.2f}, test {run['test_accuracy']:.2f}",
+                     fontsize=10)  # fmt: skip
+        ax.set(xticks=[], yticks=[])
+    fig.suptitle(f"{study}: decision boundaries, seed {runs['seed'].min()}, {sp.train.losses[0]}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def profile_note(study: str, sp) -> str:
+    """Which of the study's profiles it ran, and the command for each other one."""
+    if not sp.profiles:
+        return ""
+    raw = sp.model_dump()
+
+    def current(dotted: str):
+        node = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    ran = [n for n, o in sp.profiles.items() if all(current(k) == v for k, v in o.items())]
+    out = [f"Profile: **{ran[0] if ran else 'default'}** (the one these numbers come from)."]
+    for name, overrides in sp.profiles.items():
+        if name not in ran:
+            sets = " ".join(f"-S 'studies.{study}.{k}={'null' if v is None else v}'" for k, v in overrides.items())
+            out.append(f"Its `{name}` profile: `dvc exp run {sets}`.")
+    return " ".join(out)
 
 
 def _one(df, **where) -> pd.DataFrame:
@@ -357,8 +502,21 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
                       f"balance (0/1) train {s['class_balance']['train']}, test "
                       f"{s['class_balance']['test']}.")  # fmt: skip
         vt = read_csv(paths.variants(study), ("variant", "mean", "verdict"))
-        md += ["", summary(sp, vt, s["majority_baseline_test"]), "",
-               _markdown(variant_table(vt[~vt["reproduce"]], "test accuracy [95 % CI]")), ""]
+        note = profile_note(study, sp)
+        md += ["", note, ""] if note else [""]
+        final_loss = df.groupby("variant")["train_loss"].mean()
+        own = vt[~vt["reproduce"]]
+        if sp.train.models:  # one summary and table per architecture, each judged against its best
+            md += [f"*{sp.question}*", ""] if sp.question else []
+            for m, part in own.groupby("model", sort=False):
+                spec = sp.train.models[m]
+                head = (f"**Model `{m}`** ({len(spec.hidden)} hidden layers of {spec.hidden[0]}, "
+                        f"{spec.activation}). ")
+                md += [head + summary(sp, part, s["majority_baseline_test"], final_loss, s["n_classes"], False),
+                       "", _markdown(variant_table(part, "test accuracy [95 % CI]")), ""]  # fmt: skip
+        else:
+            md += [summary(sp, vt, s["majority_baseline_test"], final_loss, s["n_classes"]), "",
+                   _markdown(variant_table(own, "test accuracy [95 % CI]")), ""]  # fmt: skip
         if vt["reproduce"].any():
             rp = sp.train.reproduce
             if rp.validate_with_dropout or rp.split == "shuffle":
@@ -373,7 +531,17 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
                        + (" on all data, so their test accuracy is not held out" if rp.all_data else "") + ":", "",
                        _markdown(variant_table(vt[vt["reproduce"]], "validation accuracy")), ""]
         arch = json.loads(df["arch"].iloc[0])
-        if isinstance(sp.data, TorchvisionSource):
+        diag = read_csv(paths.trained(study) / "diagnostics.csv", ("run_name", "point", "layer"))
+        deep = len(arch["sizes"]) > 3  # two hidden layers or more: a per-layer picture says something
+        if sp.train.models:
+            seeds = df["seed"].nunique()
+            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, mean over {seeds} seeds",
+                            figs / f"{study}_loss.png", s["n_classes"])  # fmt: skip
+            md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
+            if any(m.activation != "relu" for m in sp.train.models.values()):
+                fig_saturation(df, diag, sp, figs / f"{study}_saturation.png")
+                md += [f"![{study} saturation over training](figures/{study}_saturation.png)", ""]
+        elif isinstance(sp.data, TorchvisionSource):
             n = params.report.first_batches
             fig_first_batches(df, curves, sp.inits, n, figs / f"{study}_first_batches.png")
             labels = list(dict.fromkeys(df["init"]))
@@ -392,6 +560,9 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
                 md += [f"Per-class test accuracy of the best variant (`{best}`): "
                        + ", ".join(f"{names[int(c.rsplit('_', 1)[1])] if names else c.rsplit('_', 1)[1]} {v:.3f}"
                                    for c, v in pc.items()), ""]  # fmt: skip
+        elif arch["sizes"][0] == 2 and not df["reproduce"].any():  # a panel per init
+            fig_boundaries(df, sp, study, paths, figs / f"{study}_boundary.png")
+            md += [f"![{study} decision boundaries](figures/{study}_boundary.png)", ""]
         elif arch["sizes"][0] == 2:
             fig_decision_boundary(df, study, paths, figs / f"{study}_boundary.png")
             md += [f"![{study} decision boundary](figures/{study}_boundary.png)", ""]
@@ -400,6 +571,14 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, mean over {seeds} seeds",
                             figs / f"{study}_loss.png")  # fmt: skip
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
+        if deep:
+            fig_layers(df, diag, sp, f"{study}: per layer at initialisation (probe batch of "
+                       f"{sp.train.diagnostics.probe_rows} training rows), mean over seeds",
+                       figs / f"{study}_layers.png")  # fmt: skip
+            md += [f"![{study} activations and gradients per layer](figures/{study}_layers.png)", "",
+                   "Per-layer diagnostics of every run (init, chosen steps, end): "
+                   f"`pipeline/train/{study}/diagnostics.csv`, and each MLflow run's `diag/...` metrics "
+                   "(step = layer).", ""]  # fmt: skip
     return "\n".join(md) + "\n"
 
 

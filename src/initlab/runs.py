@@ -18,7 +18,7 @@ import numpy as np
 
 from initlab.config import Params, ParamsError, Paths
 
-LOG_FORMAT = 2  # part of every run key: a change to what a run logs logs every run again
+LOG_FORMAT = 3  # part of every run key: a change to what a run logs logs every run again
 # Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
 IDENTITY = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "arch")
 
@@ -32,6 +32,7 @@ class TrainedRun:
     params: dict[str, str]
     metrics: dict[str, float]  # final train/validation metrics and test metrics
     curves: dict[str, np.ndarray]  # step_loss, val_loss, val_acc
+    layers: dict[str, np.ndarray]  # diagnostics: "<point>/<stat>" -> one value per layer
     arch: dict
     weights: Path
     key: str  # RUN_KEY_TAG: equal keys, equal runs
@@ -87,7 +88,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
 
     fix = f"run `dvc repro evaluate@{study}` first"
     folder, table = paths.trained(study), paths.evaluated(study)
-    for need in (folder / "runs.csv", folder / "curves.npz", table):
+    for need in (folder / "runs.csv", folder / "curves.npz", folder / "diagnostics.csv", table):
         if not need.exists():
             raise ParamsError(f"{need} missing; {fix}")
     runs = read_csv(folder / "runs.csv", ("run_name", "arch"))
@@ -96,6 +97,8 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
         raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
                           f"was evaluated); {fix}")  # fmt: skip
     curves = read_npz(folder / "curves.npz")
+    diag = read_csv(folder / "diagnostics.csv", ("run_name", "point", "layer"))
+    layers = {str(name): g for name, g in diag.groupby("run_name", sort=False)}
     timing = paths.timing(f"train-{study}")  # not an output (times differ run to run): no key part
     seconds = json.loads(timing.read_text()).get("run_seconds", {}) if timing.exists() else {}
     sp = params.study(study)
@@ -113,7 +116,8 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
     for v in vt.to_dict("records"):
         first = by_variant[v["variant"]][0][0]
         ident = {"init": str(first["init"]), "loss": first["loss"], "normalize": first["normalize"],
-                 "lr": f"{float(first['lr']):g}", "reproduce": str(bool(first["reproduce"])).lower()}  # fmt: skip
+                 "lr": f"{float(first['lr']):g}", "reproduce": str(bool(first["reproduce"])).lower(),
+                 **({"model": str(first["model"])} if "model" in first else {})}  # fmt: skip
         tags = {"study": study, "variant": v["variant"], "config": config,
                 "variant_config": f"{v['variant']}@{config}", **ident}  # fmt: skip
         m = v["metric"]
@@ -124,17 +128,23 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
         metrics = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and math.isfinite(x)}
         pkey = run_key(b"", [LOG_FORMAT, study, v, tags, params.tracking.model_dump(),
                              [r["run_name"] for r, _ in by_variant[v["variant"]]]], {})  # fmt: skip
-        children = [_trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix,
-                                 {**tags, "verdict": v["verdict"]}, pkey)
+        children = [_trained_run(params, study, sp, folder, curves, layers, row, arch_json, common, seconds,
+                                 fix, {**tags, "verdict": v["verdict"]}, pkey)
                     for row, arch_json in by_variant[v["variant"]]]  # fmt: skip
         key = hashlib.sha256("".join([pkey, *(c.key for c in children)]).encode()).hexdigest()
         out.append(VariantRun(v["variant"], {**tags, "verdict": v["verdict"]}, metrics, key, children))
     return out
 
 
-def _trained_run(params, study, sp, folder, curves, row, arch_json, common, seconds, fix, variant_tags,
+def _trained_run(params, study, sp, folder, curves, layers, row, arch_json, common, seconds, fix, variant_tags,
                  parent_key) -> TrainedRun:  # fmt: skip
+    from initlab.diagnostics import STATS
+
     name, init = str(row["run_name"]), str(row["init"])
+    if name not in layers:
+        raise ParamsError(f"{folder / 'diagnostics.csv'}: no rows of {name}; {fix}")
+    mine_layers = {f"{point}/{stat}": g.sort_values("layer")[stat].to_numpy(dtype=np.float64)
+                   for point, g in layers[name].groupby("point", sort=False) for stat in STATS}  # fmt: skip
     weights = folder / "weights" / f"{name}.pt"
     mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
     if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
@@ -151,9 +161,9 @@ def _trained_run(params, study, sp, folder, curves, row, arch_json, common, seco
                if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
                and math.isfinite(v)}  # fmt: skip
     shown = [study, name, row, tags, p, params.tracking.model_dump(), parent_key]
-    key = run_key(weights.read_bytes(), shown, mine)
+    key = run_key(weights.read_bytes(), shown, {**mine, **{f"layers/{k}": v for k, v in mine_layers.items()}})
     secs = seconds.get(name)
     secs = secs if isinstance(secs, float) and math.isfinite(secs) else None
     if secs is not None:
         metrics["train_seconds"] = secs
-    return TrainedRun(name, tags, p, metrics, mine, arch, weights, key, secs)
+    return TrainedRun(name, tags, p, metrics, mine, mine_layers, arch, weights, key, secs)

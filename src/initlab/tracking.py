@@ -41,6 +41,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG, OWNER_TAG = "initlab.run_key", "initlab.owner"
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
+LOGGED_STATS = ("act_std", "grad_norm", "saturated", "dead", "update_ratio")  # of initlab.diagnostics.STATS
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
 
 
@@ -59,6 +60,12 @@ def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
         steps = np.flatnonzero(np.isfinite(values))  # validated epochs only (every val_every-th)
         steps = steps[:: max(1, math.ceil(len(steps) / max_points))]
         metrics += [Metric(key, float(values[s]), now, int(s)) for s in steps]
+    # Diagnostics: a history per point and statistic whose step is the layer (1 = first), so the
+    # run's chart of diag/init/act_std is the activation std against depth. The others (means,
+    # pre-activations, gradient ratio) are in pipeline/train/<study>/diagnostics.csv.
+    metrics += [Metric(f"diag/{key}", float(x), now, k + 1) for key, values in r.layers.items()
+                if key.split("/")[1] in LOGGED_STATS
+                for k, x in enumerate(values) if math.isfinite(x)]  # fmt: skip
     return metrics, [Param(k, v) for k, v in r.params.items()]
 
 

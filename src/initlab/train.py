@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from initlab.config import InitSpec, Params, ParamsError, Paths, StudyTrain, Variant, variants
+from initlab.config import InitSpec, ModelSpec, Params, ParamsError, Paths, StudyTrain, Variant, variants
+from initlab.diagnostics import Probe
 from initlab.models import DropoutStreams, StackedMLP, apply_head
 from initlab.optim import make_optimizer
-from initlab.registry import LOSSES, Loss
+from initlab.registry import DATA_DEPENDENT, LOSSES, Loss
 
 CURVE_BYTES = 1 << 30  # at most this much of float32 loss curves (steps x models) per study
 
@@ -55,12 +56,12 @@ def predictions(out: Tensor, head: str) -> Tensor:
     return out.argmax(dim=-1)
 
 
-def architecture(st: StudyTrain, n_in: int, n_classes: int, loss: str, normalize: str) -> dict:
+def architecture(spec: ModelSpec, n_in: int, n_classes: int, loss: str, normalize: str) -> dict:
     """Everything needed to rebuild a model: the arguments of ``StackedMLP`` / ``build_module``."""
     return {
-        "sizes": [n_in, *st.model.hidden, n_outputs(n_classes)],
-        "activation": st.model.activation,
-        "dropout": st.model.dropout,
+        "sizes": [n_in, *spec.hidden, n_outputs(n_classes)],
+        "activation": spec.activation,
+        "dropout": spec.dropout,
         "batchnorm_input": normalize == "batchnorm",
         "head": head_for(loss, n_classes),
     }
@@ -78,6 +79,7 @@ class Result:
     val_acc: np.ndarray  # per epoch
     final: dict = field(default_factory=dict)
     seconds: float = float("nan")  # this model's share of its stack's wall time (not hashed)
+    diagnostics: list[dict] = field(default_factory=list)  # initlab.diagnostics.Probe.rows
 
 
 class GroupLoss:
@@ -174,14 +176,23 @@ def train_group(
     n = x.shape[-2]  # x: (n, in) shared by every model, or (M, n, in), one input per model
     M = len(group)
     # The stack gives logits; each model's head (by its loss) is applied in GroupLoss.
-    arch = {**architecture(st, x.shape[-1], n_classes, v0.loss, v0.normalize), "head": "none"}
+    spec = st.spec(v0.model)
+    arch = {**architecture(spec, x.shape[-1], n_classes, v0.loss, v0.normalize), "head": "none"}
     model = StackedMLP(M, **arch).to(device)
     group_loss = GroupLoss([v.loss for v in group], n_classes, device)
     # Each model draws its initial weights from its own generator, seeded by its seed; its
     # dropout masks come from its seed's dropout stream, drawn once for the models sharing it.
     gens = [torch.Generator(device).manual_seed(v.seed) for v in group]
-    model.initialise([inits[v.init] for v in group], gens)
-    masks = DropoutStreams([v.seed for v in group], device) if st.model.dropout > 0 else None
+    specs = [inits[v.init] for v in group]
+    model.initialise(specs, gens)
+    # The probe batch: the training split's first rows (diagnostics, and LSUV's batch).
+    p_rows = min(st.diagnostics.probe_rows, n)
+    x_probe, ts_probe = x[..., :p_rows, :], group_loss.targets(y[:p_rows])
+    data_dependent = [m for m, sp in enumerate(specs) if sp.name in DATA_DEPENDENT]
+    if data_dependent:  # LSUV: rescale each layer to unit output std on the probe batch
+        model.lsuv(x_probe, data_dependent, [specs[m].args.get("tol", 0.1) for m in data_dependent],
+                   [specs[m].args.get("max_rounds", 10) for m in data_dependent])  # fmt: skip
+    masks = DropoutStreams([v.seed for v in group], device) if spec.dropout > 0 else None
     lr = torch.tensor([v.lr for v in group], dtype=torch.float32, device=device)
     opt = make_optimizer(st.optimizer, list(model.parameters()), lr)
     bs = st.batch_size or n
@@ -198,6 +209,7 @@ def train_group(
     seed_protocol = v0.reproduce and st.reproduce is not None and st.reproduce.validate_with_dropout
     val_masks = masks if seed_protocol else None  # seed 001 validates with dropout on
     step = 0
+    probe = Probe(model, x_probe, ts_probe, group_loss, st.diagnostics.at_steps, st.epochs * steps_per_epoch)
     model.train()
     for epoch in range(st.epochs):
         order = torch.randperm(n, generator=order_gen) if st.shuffle and bs < n else None
@@ -209,10 +221,15 @@ def train_group(
             else:
                 idx = order[start : start + bs].to(device)
                 xb, tb = x[..., idx, :], [t[idx] for t in y_all]
+            diagnose = probe.wants(step)
+            if diagnose:
+                probe.before(step)
             losses = group_loss(model(xb, masks), tb)
             opt.zero_grad()
             losses.sum().backward()
             opt.step()
+            if diagnose:
+                probe.after(step)
             step_loss[step] = losses.detach()
             step += 1
         finite = torch.isfinite(step_loss[step - steps_per_epoch : step])
@@ -228,6 +245,7 @@ def train_group(
             progress.update(M)
         if not alive.any():
             break
+    probe.end(step)
     if st.eval_train:
         tl, ta = _evaluate(model, x, y, group_loss)
     else:
@@ -251,10 +269,10 @@ def train_group(
             "val_loss": float("nan") if diverged else float(val_loss[epoch, m]),
             "val_accuracy": float("nan") if diverged else float(val_acc[epoch, m]),
         }
-        arch_m = architecture(st, x.shape[-1], n_classes, v.loss, v.normalize)
+        arch_m = architecture(spec, x.shape[-1], n_classes, v.loss, v.normalize)
         results.append(
             Result(v, model.to_module(m, arch_m["head"]), arch_m, sl, val_loss[:, m].numpy(),
-                   val_acc[:, m].numpy(), final)  # fmt: skip
+                   val_acc[:, m].numpy(), final, diagnostics=probe.rows(m))  # fmt: skip
         )
     return results
 
@@ -272,7 +290,7 @@ def group_key(v: Variant, st: StudyTrain, n_train: int, input_bytes: int = 0) ->
     norm = v.normalize
     if norm != "batchnorm" and input_bytes <= STACKED_INPUT_BYTES:
         norm = "shared"
-    return (v.reproduce, norm, v.seed if shuffled else None)
+    return (v.reproduce, v.model, norm, v.seed if shuffled else None)
 
 
 def group_data(group: list[Variant], by_norm: dict[str, dict]) -> dict[str, Tensor]:
@@ -389,7 +407,7 @@ def stacks_for(st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_
     """The stacks one group trains as: itself, or on CPU a heavy group split across threads."""
     v0 = group[0]
     n = data["x_train"].shape[-2]
-    sizes = architecture(st, data["x_train"].shape[-1], n_classes, v0.loss, v0.normalize)["sizes"]
+    sizes = architecture(st.spec(v0.model), data["x_train"].shape[-1], n_classes, v0.loss, v0.normalize)["sizes"]
     flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * min(st.batch_size or n, n)
     steps = st.epochs * -(-n // (st.batch_size or n))
     workers = torch.get_num_threads() if device == "cpu" else 1
@@ -478,7 +496,7 @@ def save_results(results: list[Result], out: Path) -> None:
     import pandas as pd
 
     (out / "weights").mkdir(parents=True)
-    rows, curves = [], {}
+    rows, curves, diagnostics = [], {}, []
     for r in results:
         v = r.variant
         torch.save(r.module.state_dict(), out / "weights" / f"{v.run_name}.pt")
@@ -488,7 +506,9 @@ def save_results(results: list[Result], out: Path) -> None:
         rows.append({
             "run_name": v.run_name, "variant": v.name, "init": v.init, "loss": v.loss,
             "normalize": v.normalize, "lr": v.lr, "seed": v.seed, "reproduce": v.reproduce,
-            **r.final, "arch": json.dumps(r.arch),
+            **({"model": v.model} if v.model else {}), **r.final, "arch": json.dumps(r.arch),
         })  # fmt: skip
+        diagnostics += [{"run_name": v.run_name, **d} for d in r.diagnostics]
     np.savez(out / "curves.npz", **curves)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    pd.DataFrame(diagnostics).to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
