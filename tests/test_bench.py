@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from initlab import bench
 
 
@@ -54,3 +57,28 @@ def test_summary_names_the_median_of_repeated_track_timings():
                mlflow_share_of_training=9.5 / 120, train_seconds=120.0)  # fmt: skip
     line = next(x for x in bench.summary_lines(r) if x.startswith("MLflow"))
     assert "9.5 s (median of 3: 11.0, 9.5, 9.1 s) = 7.9% of 120 s training" in line, line
+
+
+@pytest.mark.parametrize(("loss", "sizes", "activation"), [("cross_entropy", [6, 16, 3], "relu"),
+                                                           ("bce", [1, 4, 1], "sigmoid")])  # fmt: skip
+def test_the_peers_train_what_they_claim(loss, sizes, activation):
+    """torch.func ensembling of one model is the plain loop's model, step for step: the same
+    draws, batches and optimiser; and both lower the loss (so the times compare real training)."""
+    from initlab import peers
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, sizes[0], generator=g)
+    y = torch.randint(0, max(2, sizes[-1]), (60,), generator=g)
+    kw = dict(x=x, y=y, sizes=sizes, activation=activation, dropout=0.0, loss=loss, optimizer="adam",
+              lr=0.01, batch=20, epochs=3)  # fmt: skip
+    plain = peers.plain_loop(**kw)
+    one = peers.func_ensemble(n_models=1, **kw)
+    assert one["steps"] == plain["steps"] == 9
+    assert one["last_loss"] == pytest.approx(plain["last_loss"], rel=1e-4)
+    first = peers.plain_loop(**{**kw, "epochs": 1, "batch": None})["last_loss"]
+    assert plain["last_loss"] < first
+
+
+def test_scaling_table_lists_each_configuration():
+    rows = [{"models": 4, "width": 256, "depth": 3, "ms_per_model_step": 1.234, "peak_mib_per_model": 5.67}]
+    assert bench.scaling_lines(rows)[-1] == "| 4 | 256 | 3 | 1.23 | 5.7 |"

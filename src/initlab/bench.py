@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from initlab import peers
 from initlab.config import Params, ParamsError, Paths, variants
 
 SEED_TRAIN_IMAGES = 48_000  # seed 001: 80 % of the official 60,000
@@ -146,6 +147,55 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
             "val_accuracy": acc}  # fmt: skip
 
 
+def fashion_mnist_peer_setup(params: Params, paths: Paths, device: str = "cpu") -> dict:
+    """The arguments of ``peers.plain_loop`` / ``func_ensemble`` for the Fashion-MNIST group: its
+    training split in memory, seed 001's model, loss, optimiser, batch and epochs."""
+    from initlab.train import load_study_data
+
+    st = params.study("fashion_mnist").train
+    data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
+    return {"x": data["x_train"], "y": data["y_train"], "sizes": [784, *st.model.hidden, 10],
+            "activation": st.model.activation, "dropout": st.model.dropout, "loss": "cross_entropy",
+            "optimizer": st.optimizer, "lr": st.lr[0], "batch": st.batch_size, "epochs": st.epochs}  # fmt: skip
+
+
+TINY_EPOCHS = 2000  # of heart rate's 10,000: per-model time is per step, the same at any length
+TINY_MODELS = 20
+
+
+def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
+    """Heart rate's 1-4-1 sigmoid MLP, full batch, Adam, BCE, ``TINY_EPOCHS`` steps: initlab with
+    ``TINY_MODELS`` models stacked (seeds 0..19 of its first variant, one intra-op thread as
+    ``dvc repro`` runs light stacks), against (b) and (c) on the same steps; seconds per model,
+    fastest of ``repeats``."""
+    from initlab.config import Variant
+    from initlab.train import load_study_data, train_group
+
+    sp = params.study("heart_rate")
+    st = sp.train.model_copy(update={"epochs": TINY_EPOCHS, "val_every": TINY_EPOCHS})
+    data = load_study_data("heart_rate", "none", paths, "cpu", all_data=False)
+    group = [Variant("heart_rate", st.inits[0], st.losses[0], "none", st.lr[0], s) for s in range(TINY_MODELS)]
+    setup = {"x": data["x_train"], "y": data["y_train"], "sizes": [1, *st.model.hidden, 1],
+             "activation": st.model.activation, "dropout": 0.0, "loss": st.losses[0], "optimizer": st.optimizer,
+             "lr": st.lr[0], "batch": None, "epochs": TINY_EPOCHS}  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {"initlab": [], "plain_loop": [], "func_ensemble": []}
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            train_group(st, group, sp.inits, data, 2)
+            times["initlab"].append((time.perf_counter() - t0) / TINY_MODELS)
+            times["plain_loop"].append(peers.plain_loop(**setup)["seconds_per_model"])
+            times["func_ensemble"].append(peers.func_ensemble(n_models=TINY_MODELS, **setup)["seconds_per_model"])
+    finally:
+        torch.set_num_threads(before)
+    best = {k: min(v) for k, v in times.items()}
+    return {"models": TINY_MODELS, "steps": TINY_EPOCHS, "seconds_per_model": best, "all_seconds": times,
+            "vs_plain": best["plain_loop"] / best["initlab"], "vs_func": best["func_ensemble"] / best["initlab"],
+            "ms_per_step_initlab": 1000 * best["initlab"] * TINY_MODELS / TINY_EPOCHS}  # fmt: skip
+
+
 class NoProbe:
     """``initlab.diagnostics.Probe`` doing nothing: the trainer without its per-layer diagnostics."""
 
@@ -242,7 +292,7 @@ def machine() -> dict:
 
 
 def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
-              progress=print, repeats: int = 3) -> dict:  # fmt: skip
+              progress=print, repeats: int = 3, scaling: bool = False) -> dict:  # fmt: skip
     """All measurements, in one process, one after the other; returns the figures.
 
     (a) and (b) are each timed ``repeats`` times, alternately, and the fastest of each is kept,
@@ -257,7 +307,8 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
     progress("(c) float32 GEMM rate ...")
     gemm_before = gemm_gflops()
-    runs_a, runs_b, runs_b0 = [], [], []
+    runs_a, runs_b, runs_b0, runs_plain, runs_func = [], [], [], [], []
+    fm = fashion_mnist_peer_setup(params, paths, device)
     for i in range(repeats):  # interleaved, so that a slow spell of the machine hits both
         progress(f"(a) seed 001's loop, one model ({i + 1}/{repeats}) ...")
         runs_a.append(seed_loop(paths.raw("fashion_mnist")))
@@ -265,16 +316,27 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
         runs_b.append(initlab_per_model(params, paths, device=device))
         progress(f"(b0) the same without per-layer diagnostics ({i + 1}/{repeats}) ...")
         runs_b0.append(initlab_per_model(params, paths, device=device, diagnostics=False))
+        progress(f"(peer) a plain one-model loop ({i + 1}/{repeats}) ...")
+        runs_plain.append(peers.plain_loop(**fm))
+        progress(f"(peer) torch.func ensembling of {runs_b[-1]['models']} models ({i + 1}/{repeats}) ...")
+        runs_func.append(peers.func_ensemble(n_models=runs_b[-1]["models"], **fm))
     a = {**min(runs_a, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_a]}
     b = {**min(runs_b, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b]}
     b0 = {**min(runs_b0, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b0]}
     b0.pop("val_accuracy", None)
+    fastest = lambda runs: {**min(runs, key=lambda r: r["seconds_per_model"]),  # noqa: E731
+                            "all_seconds": [r["seconds_per_model"] for r in runs]}  # fmt: skip
+    plain, func = fastest(runs_plain), fastest(runs_func)
+    progress("tiny models: heart rate's MLP, full batch ...")
+    tiny = tiny_peers(params, paths, repeats)
     gemm_after = gemm_gflops()
     gemm = max(gemm_before, gemm_after)
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
     executed = executed_flops_per_sample(sizes) * b["samples"] / 1e9
     out.update(
-        seed_loop=a, initlab=b, initlab_no_diagnostics=b0,
+        seed_loop=a, initlab=b, initlab_no_diagnostics=b0, plain_loop=plain, func_ensemble=func,
+        vs_plain=plain["seconds_per_model"] / b["seconds_per_model"],
+        vs_func=func["seconds_per_model"] / b["seconds_per_model"], tiny=tiny,
         diagnostics_cost=b["seconds"] / b0["seconds"] - 1,
         gemm_gflops={"before": gemm_before, "after": gemm_after, "best": gemm},
         gflop_per_model={"nominal_6N": nominal, "executed": executed},
@@ -283,9 +345,19 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
         initlab_gemm_fraction=nominal / b["seconds_per_model"] / gemm,
         initlab_gemm_fraction_executed=executed / b["seconds_per_model"] / gemm,
     )  # fmt: skip
+    if scaling:
+        out["scaling"] = peers.scaling(progress)
     if pipeline:
         progress("full dvc repro from clean in a temporary copy, then a no-op one ...")
         out["pipeline"] = time_pipeline(project, dict(os.environ), repeats, progress)
+    return out
+
+
+def scaling_lines(rows: list[dict]) -> list[str]:
+    """The scaling table as markdown (the README's)."""
+    out = ["| models | width | hidden layers | ms per model-step | peak MiB per model |", "|---|---|---|---|---|"]
+    out += [f"| {r['models']} | {r['width']} | {r['depth']} | {r['ms_per_model_step']:.2f} | "
+            f"{r['peak_mib_per_model']:.1f} |" for r in rows]  # fmt: skip
     return out
 
 
@@ -313,6 +385,20 @@ def summary_lines(r: dict) -> list[str]:
         lines.insert(4, f"(b0) without diagnostics: {b0['seconds_per_model']:.2f} s per model"
                      f"{_of(b0.get('all_seconds', []))}"
                      f"; per-layer diagnostics cost {100 * r['diagnostics_cost']:+.1f}%   (target <= +10%)")
+    if "plain_loop" in r:
+        lines += [
+            f"(peer) plain one-model loop: {r['plain_loop']['seconds_per_model']:.2f} s per model"
+            f"{_of(r['plain_loop'].get('all_seconds', []))}; (b) is {r['vs_plain']:.1f}x faster",
+            f"(peer) torch.func ensembling: {r['func_ensemble']['seconds_per_model']:.2f} s per model "
+            f"({r['func_ensemble']['models']} models){_of(r['func_ensemble'].get('all_seconds', []))}; "
+            f"(b) is {r['vs_func']:.1f}x faster   (target >= 2.4x, >= 75% of (c) on executed FLOPs)",
+        ]
+        t = r["tiny"]
+        lines.append(f"tiny (heart rate 1-4-1, full batch, {t['steps']} steps, {t['models']} models): initlab "
+                     f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model ({t['ms_per_step_initlab']:.2f} ms "
+                     f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func")
+    if "scaling" in r:
+        lines += scaling_lines(r["scaling"])
     if "pipeline" in r:
         p = r["pipeline"]
         lines += [

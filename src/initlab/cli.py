@@ -218,6 +218,9 @@ BenchOut = typer.Option(Path("reports/bench.json"), help="Where to write the fig
 BenchPipeline = typer.Option(True, help="Also time a full `dvc repro` from clean in a temporary "
                              "copy of the project, and a no-op one (minutes).")
 BenchDevice = typer.Option("cpu", help="Device for initlab's trainer.")
+BenchScaling = typer.Option(False, "--scaling", help="Also time initlab per model as the stack (1-64 "
+                            "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
+                            "peak memory per model, each in a fresh process (about 2 minutes).")
 BenchRepeats = typer.Option(3, min=1, help="Time (a) and (b) this many times each, alternately; "
                             "the fastest of each counts (all are in --out).")
 
@@ -230,10 +233,14 @@ def bench(
     pipeline: bool = BenchPipeline,
     device: str = BenchDevice,
     repeats: int = BenchRepeats,
+    scaling: bool = BenchScaling,
 ) -> None:
     """Measure, in one run: seed 001's training loop per model, initlab's trainer per model on
-    the same setup, the machine's float32 GEMM rate; optionally the full and no-op `dvc repro`
-    wall times and MLflow's share of training time. Prints the ratios; writes them to --out.
+    the same setup (with and without its per-layer diagnostics), the peers a PyTorch user would
+    pick (a plain one-model loop, torch.func ensembling), the same for heart rate's tiny MLP, the
+    machine's float32 GEMM rate; optionally (--scaling) per-model time and memory against stack
+    size, width and depth, and (--pipeline) the full and no-op `dvc repro` wall times and MLflow's
+    share of training time. Prints the ratios; writes them to --out.
 
     Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
     """
@@ -248,7 +255,7 @@ def bench(
             raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
     root = Path.cwd()
     result = run_bench(p, paths, root, pipeline, device,
-                       progress=lambda m: typer.echo(m, err=True), repeats=repeats)  # fmt: skip
+                       progress=lambda m: typer.echo(m, err=True), repeats=repeats, scaling=scaling)  # fmt: skip
     write_json(out, result)
     for line in summary_lines(result):
         typer.echo(line)
