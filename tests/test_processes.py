@@ -397,19 +397,27 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
                     "test_loss"} <= keys[rid]  # fmt: skip
 
 
-def test_two_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_path):
-    """`track line` twice at once in one project: one logs the runs, the other finds them there."""
+def test_three_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_path):
+    """`track line` three times at once in one project, on a new store: one logs the runs, the
+    others find them there. Each builds a store aside and links it into place; none may replace
+    the one linked first (one that did swapped the file under the first's open connections:
+    "database disk image is malformed", "No Experiment with id=1 exists")."""
+    import sqlite3
+
     p = tiny_params("line", epochs=5)
     p["studies"]["line"]["train"]["seeds"] = [0, 1, 2]
     root, env = make_project(tmp_path, small_root, p)
     stage(root, env, "train", "line")
     stage(root, env, "evaluate", "line")
     procs = [subprocess.Popen(initlab("track", "line"), cwd=root, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]  # fmt: skip
     for proc in procs:
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err, err
+    con = sqlite3.connect(root / "mlflow.db")
+    assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    con.close()
     status = dict(runs(root / "mlflow.db"))
     assert len(status) == 3 + 1 and set(status.values()) == {"FINISHED"}  # 3 seeds and their variant, once
     done = tracked(root)

@@ -96,3 +96,33 @@ def test_the_study_lock_is_shared_with_other_processes(tmp_path):
         assert other_takes("track-circles").returncode == 0  # another study's lock is free
     assert other_takes("track-line").returncode == 0
     assert not (tmp_path / "mlflow.db").exists()  # the lock creates no store
+
+
+def test_a_store_another_process_linked_meanwhile_is_used_not_replaced(tmp_path, monkeypatch):
+    """Two processes find no store and each builds one aside; the second to finish must keep the
+    first's, which may already be in use (replacing it swapped the file under the first's open
+    connections: "database disk image is malformed")."""
+    import sqlite3
+
+    import mlflow.store.tracking.sqlalchemy_store as sa
+
+    from initlab.store import _sqlite_ready
+
+    db = tmp_path / "mlflow.db"
+    real = sa.SqlAlchemyStore
+
+    class SlowBuild(real):
+        def __init__(self, uri, root):  # meanwhile, another process links its store and uses it
+            super().__init__(uri, root)
+            if not db.exists():
+                other = real(f"sqlite:///{tmp_path / 'other.db'}", root)
+                other.create_experiment("theirs")
+                other.engine.dispose()
+                os.link(tmp_path / "other.db", db)
+
+    monkeypatch.setattr(sa, "SqlAlchemyStore", SlowBuild)
+    _sqlite_ready(f"sqlite:///{db}", db)
+    con = sqlite3.connect(db)
+    assert ("theirs",) in con.execute("SELECT name FROM experiments").fetchall()
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "other.db"]  # its own build removed

@@ -395,7 +395,8 @@ def summary_lines(r: dict) -> list[str]:
         ]
         t = r["tiny"]
         lines.append(f"tiny (heart rate 1-4-1, full batch, {t['steps']} steps, {t['models']} models): initlab "
-                     f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model ({t['ms_per_step_initlab']:.2f} ms "
+                     f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model "
+                     f"({t['ms_per_step_initlab']:.2f} ms "
                      f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func")
     if "scaling" in r:
         lines += scaling_lines(r["scaling"])

@@ -81,7 +81,8 @@ def plain_loop(x: Tensor, y: Tensor, sizes: list[int], activation: str, dropout:
 
 
 def func_ensemble(x: Tensor, y: Tensor, n_models: int, sizes: list[int], activation: str, dropout: float,
-                  loss: str, optimizer: str, lr: float, batch: int | None, epochs: int, seed: int = 0) -> dict:  # fmt: skip
+                  loss: str, optimizer: str, lr: float, batch: int | None, epochs: int,
+                  seed: int = 0) -> dict:  # fmt: skip
     """(c): ``n_models`` models stacked by ``torch.func`` and trained under ``vmap``; wall seconds
     per model."""
     from torch.func import functional_call, stack_module_state
@@ -117,9 +118,8 @@ SCALING_STEPS = 40  # optimiser steps of batch 100 per configuration
 def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEPS) -> dict:
     """initlab's per-model seconds per step and peak memory per model for ``models`` stacked MLPs
     784 -> ``depth`` hidden layers of ``width`` (ReLU, dropout 0.2) -> 10, Adam, batch 100, on
-    random data. Run in a fresh process (``scaling``) so that its peak RSS is its own."""
-    import resource
-
+    random data. Memory: the process's peak RSS during training above its RSS before (the data
+    and one warm-up run already in), per model. Run in a fresh process (``scaling``)."""
     from initlab.config import StudyTrain, Variant
     from initlab.train import keep_freed_memory, train_group
 
@@ -135,13 +135,34 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
 
     inits = {"kaiming": InitSpec(name="kaiming_uniform", args={"mode": "fan_in", "nonlinearity": "relu"})}
     group = [Variant("scaling", "kaiming", "cross_entropy", "none", 1e-3, 0) for _ in range(models)]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    warm = {k: v[:500] for k, v in data.items()}  # first calls (thread pools, kernels) outside the timing
+    train_group(st, group[:1], inits, warm, 10)
+    base = _reset_peak_rss()
     t0 = time.perf_counter()
     train_group(st, group, inits, data, 10)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+    peak = _peak_rss_kib() - base
     return {"models": models, "width": width, "depth": depth, "steps": steps,
-            "ms_per_model_step": 1000 * seconds / steps / models, "peak_mib_per_model": peak / 1024 / models}  # fmt: skip
+            "ms_per_model_step": 1000 * seconds / steps / models,
+            "peak_mib_per_model": peak / 1024 / models}  # fmt: skip
+
+
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> int:
+    """Reset this process's peak RSS to its current RSS (Linux: ``clear_refs`` 5); returns it, KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS")
+
+
+def _peak_rss_kib() -> int:
+    return _status_kib("VmHWM")
 
 
 SCALING_GRID = ([(m, 256, 3) for m in (1, 2, 4, 8, 16, 32, 64)] + [(16, 1024, 3)]

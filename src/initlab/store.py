@@ -108,9 +108,9 @@ def _sqlite_ready(uri: str, db: Path) -> None:
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
         SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
-        if db.exists():  # an empty file: nothing in it to keep
+        if db.exists() and db.stat().st_size == 0:  # an empty file: nothing in it to keep
             os.replace(tmp, db)
-        else:
+        else:  # never replace: another process may have linked its store meanwhile, and be using it
             with contextlib.suppress(FileExistsError):  # another process created it first: use it
                 os.link(tmp, db)
     finally:

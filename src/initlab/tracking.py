@@ -38,15 +38,40 @@ from initlab.runs import TrainedRun, VariantRun
 from initlab.store import deferred_signals, is_sql, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_KEY_TAG, OWNER_TAG = "initlab.run_key", "initlab.owner"
+RUN_KEY_TAG, OWNER_TAG, DVC_EXP_TAG = "initlab.run_key", "initlab.owner", "dvc.exp_name"
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
 LOGGED_STATS = ("act_std", "grad_norm", "saturated", "dead", "update_ratio")  # of initlab.diagnostics.STATS
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
 
 
+def project_root(cwd: Path | None = None) -> Path:
+    """The project's root: the working directory, or, inside the workspace DVC makes for a queued
+    or temporary experiment (``<project>/.dvc/tmp/exps/<tmp>/``, deleted when it ends), the
+    project it was made from, so that its runs land in the project's store, not in the workspace."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(1, len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db`` (``sqlite:///mlflow.db`` in its root)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = project_root()
+    return DEFAULT_TRACKING_URI if root == Path.cwd().resolve() else f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_location(experiment: str) -> str | None:
+    """Where a new experiment keeps its runs' artifacts: MLflow's default (``./mlruns``) in the
+    project, ``<project>/mlruns/<experiment>`` from a DVC experiment's temporary workspace."""
+    root = project_root()
+    if os.environ.get("MLFLOW_TRACKING_URI") or root == Path.cwd().resolve():
+        return None
+    return f"{(root / 'mlruns').as_uri()}/{experiment}"
 
 
 def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
@@ -266,6 +291,8 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
     except (OSError, subprocess.SubprocessError):
         commit = ""
     tags = {"git_commit": commit.strip() or "unknown", OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+    if os.environ.get("DVC_EXP_NAME"):  # set by DVC in `dvc exp run` (queued ones included)
+        tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
     out: dict = {"runs": {}, "parents": {}, "logged": 0, "skipped": 0, "orphans": 0}
     total = sum(len(v.runs) for vs in studies.values() for v in vs)
     with tempfile.TemporaryDirectory(prefix="initlab-models-") as scratch, \
@@ -279,7 +306,7 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                     name = f"initlab-{study}"
                     if cl.get_experiment_by_name(name) is None:
                         with contextlib.suppress(Exception):  # created meanwhile by another process
-                            cl.create_experiment(name)
+                            cl.create_experiment(name, artifact_location=artifact_location(name))
                     exp = cl.get_experiment_by_name(name).experiment_id
                     cl.set_experiment_tag(exp, "mlflow.experimentKind", "custom_model_development")  # runs first
                     out["orphans"] += end_orphans(cl, exp)
