@@ -4,7 +4,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup lock repro test test-fast lint ui clean
+.PHONY: setup lock repro test test-fast lint ui clean postgres server server-stop
 
 # The environment is locked: requirements.lock pins every package (torch's CUDA wheels included) with
 # its SHA-256, for Linux x86_64 and Python 3.11. pyproject.toml keeps the ranges; `make lock` is the
@@ -32,7 +32,7 @@ lock:                   ## re-resolve pyproject.toml's ranges to the newest rele
 repro: setup            ## run every stage that is out of date (all of them on a fresh clone)
 	dvc repro
 
-test: setup             ## fast tests, then the slow end-to-end tests (dvc repro of the CI profile)
+test: setup postgres    ## fast tests, then the slow end-to-end tests (dvc repro of the CI profile, the server)
 	pytest -q
 	pytest -q -m slow
 
@@ -45,6 +45,19 @@ lint: setup
 ui: setup               ## the MLflow UI on http://127.0.0.1:5000, local only
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The team's tracking server (`initlab server --help`): MLflow's server with its basic-auth app on
+# PostgreSQL, on 127.0.0.1:5001, data in .server/. The login comes from the environment:
+#   export MLFLOW_TRACKING_USERNAME=<name> MLFLOW_TRACKING_PASSWORD=<password>   (never in a file in git)
+postgres:               ## PostgreSQL's server programs (Debian's package) when this machine lacks them
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }
+
+server: setup postgres  ## start PostgreSQL and the MLflow server; then MLFLOW_TRACKING_URI=http://127.0.0.1:5001
+	initlab server start
+
+server-stop: setup      ## stop both (their data stay in .server/)
+	initlab server stop
 
 clean:                  ## remove every stage output but the committed metrics, and the MLflow store
 	git clean -fdXq pipeline

@@ -34,7 +34,7 @@ def test_sqlite_file_of_a_tracking_uri(uri, path):
     ("sqlite://", "an in-memory store loses every run"),
     ("sqlite:///{tmp}/afile/mlflow.db", "afile is a file, not a folder"),
     ("sqlite:///{tmp}", "is a folder, not a database file"),
-    ("postgresql://u@127.0.0.1:1/db", "its database driver is not installed"),
+    ("postgresql+psycopg2://u@127.0.0.1:1/db", "its database driver is not installed"),
     ("mysql+nodriver://u@127.0.0.1:1/db", "MLFLOW_TRACKING_URI=mysql+nodriver://"),
 ])  # fmt: skip
 def test_a_uri_mlflow_cannot_use_is_one_line_naming_it(tmp_path, uri, says):

@@ -45,14 +45,17 @@ from initlab.config import Params, ParamsError, Paths, variants
 SEED_TRAIN_IMAGES = 48_000  # seed 001: 80 % of the official 60,000
 
 
-def gemm_gflops(n: int = 2048, seconds: float = 2.0) -> float:
-    """Best float32 ``torch.mm`` rate over ~``seconds`` of n x n products, in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_gflops(n: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
+    """Best float32 ``torch.mm`` rate over ~``seconds`` of n x n products on ``device``, in GFLOP/s."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t = time.perf_counter()
         a @ b
+        sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -74,8 +77,9 @@ class SeedNet(nn.Module):
         return self.fc3(x)
 
 
-def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
-    """Seed 001's ``_get_loss_acc`` for one model; returns seconds and validation accuracy."""
+def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0, device: str = "cpu") -> dict:
+    """Seed 001's ``_get_loss_acc`` for one model; returns seconds and validation accuracy. On a
+    GPU, the model lives there and each batch is moved there, as a PyTorch user would."""
     from torch.utils.data import DataLoader, SubsetRandomSampler
     from torchvision import datasets, transforms
 
@@ -89,13 +93,14 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
     train_idx, valid_idx = indices[split:], indices[:split]
     train_loader = DataLoader(train_data, batch_size=100, sampler=SubsetRandomSampler(train_idx))
     valid_loader = DataLoader(train_data, batch_size=100, sampler=SubsetRandomSampler(valid_idx))
-    model = SeedNet()
+    model = SeedNet().to(device)
     t0 = time.perf_counter()
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), 0.001)
     loss_batch = []
     for _ in range(epochs):
         for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             loss = criterion(model(data), target)
             loss.backward()
@@ -103,6 +108,7 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0) -> dict:
             loss_batch.append(loss.item())
     correct = total = 0
     for data, target in valid_loader:
+        data, target = data.to(device), target.to(device)
         _, predicted = torch.max(model(data).data, 1)
         total += target.size(0)
         correct += (predicted == target).sum()
@@ -306,12 +312,12 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
     progress("(c) float32 GEMM rate ...")
-    gemm_before = gemm_gflops()
+    gemm_before = gemm_gflops(device=device)
     runs_a, runs_b, runs_b0, runs_plain, runs_func = [], [], [], [], []
     fm = fashion_mnist_peer_setup(params, paths, device)
     for i in range(repeats):  # interleaved, so that a slow spell of the machine hits both
         progress(f"(a) seed 001's loop, one model ({i + 1}/{repeats}) ...")
-        runs_a.append(seed_loop(paths.raw("fashion_mnist")))
+        runs_a.append(seed_loop(paths.raw("fashion_mnist"), device=device))
         progress(f"(b) initlab's trainer, one group ({i + 1}/{repeats}) ...")
         runs_b.append(initlab_per_model(params, paths, device=device))
         progress(f"(b0) the same without per-layer diagnostics ({i + 1}/{repeats}) ...")
@@ -329,7 +335,7 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     plain, func = fastest(runs_plain), fastest(runs_func)
     progress("tiny models: heart rate's MLP, full batch ...")
     tiny = tiny_peers(params, paths, repeats)
-    gemm_after = gemm_gflops()
+    gemm_after = gemm_gflops(device=device)
     gemm = max(gemm_before, gemm_after)
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
     executed = executed_flops_per_sample(sizes) * b["samples"] / 1e9

@@ -262,5 +262,45 @@ def bench(
     typer.echo(f"figures: {out}")
 
 
+server_app = typer.Typer(help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
+                         "`make server` / `make server-stop`.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+ServerRoot = typer.Option(Path(".server"), "--root", help="Its folder: PostgreSQL's cluster, the artifacts, "
+                          "the log (git-ignored).")
+ServerPort = typer.Option(5001, "--port", min=1, max=65535, help="The MLflow server's port on 127.0.0.1.")
+PgPort = typer.Option(54329, "--pg-port", min=1, max=65535, help="PostgreSQL's port (its socket's name; "
+                      "it listens on a Unix socket in --root only).")
+ServerWait = typer.Option(120, min=1, help="Seconds to wait for the server's /health.")
+
+
+@server_app.command("start")
+@stage
+def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
+                 timeout: float = ServerWait) -> None:
+    """Start PostgreSQL and MLflow's server (basic-auth app, artifacts served) on 127.0.0.1.
+
+    The login is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment (the
+    first start makes that user the admin). Then: MLFLOW_TRACKING_URI=http://127.0.0.1:<port>
+    dvc repro (or `initlab track`, or `dvc repro -f -s track` when the pipeline is up to date).
+    """
+    from initlab.server import Server, start
+
+    t0 = time.perf_counter()
+    out = start(Server(root, port, pg_port), timeout)
+    _done(f"server: MLflow on {out['uri']} (pid {out['pid']}), runs in PostgreSQL ({root}/postgres), "
+          f"artifacts in {out['artifacts']}; use MLFLOW_TRACKING_URI={out['uri']}", t0)
+
+
+@server_app.command("stop")
+@stage
+def server_stop(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
+                postgres: bool = typer.Option(True, help="Also stop PostgreSQL.")) -> None:  # fmt: skip
+    """Stop MLflow's server and PostgreSQL (their data stay in --root)."""
+    from initlab.server import Server, stop
+
+    stopped = stop(Server(root, port, pg_port), postgres)
+    typer.echo(f"server: stopped {', '.join(stopped)}" if stopped else "server: nothing was running", err=True)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -66,7 +66,7 @@ def plain_loop(x: Tensor, y: Tensor, sizes: list[int], activation: str, dropout:
                optimizer: str, lr: float, batch: int | None, epochs: int, seed: int = 0) -> dict:  # fmt: skip
     """(b): one model, trained alone; wall seconds."""
     torch.manual_seed(seed)
-    model = mlp(sizes, activation, dropout).train()
+    model = mlp(sizes, activation, dropout).to(x.device).train()
     opt = _optimizer(optimizer, model.parameters(), lr)
     t0 = time.perf_counter()
     steps = 0
@@ -88,7 +88,7 @@ def func_ensemble(x: Tensor, y: Tensor, n_models: int, sizes: list[int], activat
     from torch.func import functional_call, stack_module_state
 
     torch.manual_seed(seed)
-    models = [mlp(sizes, activation, dropout).train() for _ in range(n_models)]
+    models = [mlp(sizes, activation, dropout).to(x.device).train() for _ in range(n_models)]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
 

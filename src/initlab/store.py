@@ -71,8 +71,8 @@ def check_uri(uri: str) -> None:
             make_url(uri).get_dialect().import_dbapi()
         except ImportError as exc:
             raise StoreError(f"MLFLOW_TRACKING_URI={uri}: its database driver is not installed "
-                             f"({exc}); install it (e.g. `pip install psycopg2-binary` for "
-                             "postgresql://)") from None  # fmt: skip
+                             f"({exc}); install it, or use a driver the project has "
+                             "(postgresql:// and postgresql+psycopg:// use psycopg 3)") from None  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - an unknown dialect or a malformed URL
             raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {exc}") from None
 
@@ -128,7 +128,9 @@ def _reach(uri: str, timeout: float) -> None:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run
             requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+            _login(uri, timeout)
         elif scheme in SQL_SCHEMES and scheme != "sqlite":
             import sqlalchemy
 
@@ -138,11 +140,27 @@ def _reach(uri: str, timeout: float) -> None:
                     pass
             finally:
                 engine.dispose()
+    except StoreError:
+        raise
     except Exception as exc:  # noqa: BLE001 - whatever the client library raises, in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StoreError(f"MLFLOW_TRACKING_URI={uri}: no store answered within {timeout:g} s "
                          f"({first[:300]}); start it or point MLFLOW_TRACKING_URI at another "
                          "(tracking.store_timeout_s sets the wait)") from None  # fmt: skip
+
+
+def _login(uri: str, timeout: float) -> None:
+    """A server that requires a login (MLflow's basic-auth app) accepts ours, or one line saying so."""
+    import requests
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    auth = (user, password) if user and password else None
+    r = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                     auth=auth, timeout=timeout)  # fmt: skip
+    if r.status_code in (401, 403):
+        said = "refused the login of MLFLOW_TRACKING_USERNAME" if auth else "requires a login"
+        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: the server {said} ({r.status_code}); set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account's")
 
 
 def _wal(dbapi_connection, connection_record) -> None:
