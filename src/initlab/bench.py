@@ -410,7 +410,7 @@ def summary_lines(r: dict) -> list[str]:
         p = r["pipeline"]
         lines += [
             f"full dvc repro from clean: {p['full_repro_seconds']:.0f} s   (target <= 360 s)",
-            f"no-op dvc repro:           {p['noop_repro_seconds']:.1f} s   (target <= 5 s)",
+            f"no-op dvc repro:           {p['noop_repro_seconds']:.1f} s   (target <= 2 s)",
             f"MLflow logging:            {p['mlflow_seconds']:.1f} s"
             f"{_of(p.get('mlflow_all_seconds', []), 'median')} = "
             f"{100 * p['mlflow_share_of_training']:.1f}% of {p['train_seconds']:.0f} s training"
