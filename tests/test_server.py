@@ -168,3 +168,22 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
     finally:
         subprocess.run(initlab(*server_cmd[:1], "stop", *server_cmd[1:]), capture_output=True, timeout=TIMEOUT)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_stale_pid_file_never_signals_another_program(tmp_path):
+    from initlab.server import server_pid
+
+    s = Server(tmp_path)
+    assert server_pid(s) is None  # no pid file
+    s.pidfile.write_text(str(os.getpid()))  # a live process that is not MLflow's server (pytest)
+    assert server_pid(s) is None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "mlflow", "server"])
+    try:
+        s.pidfile.write_text(str(sleeper.pid))
+        deadline = time.monotonic() + 10  # until the child has exec'd (its cmdline is pytest's before)
+        while b"server" not in Path(f"/proc/{sleeper.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server_pid(s) == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()

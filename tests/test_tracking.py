@@ -318,3 +318,15 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed_and_logged_again(p
     assert cl.get_run(first[orphan]).info.status == "KILLED" and again[orphan] != first[orphan]
     assert cl.get_run(first[live]).info.status == "RUNNING"
     assert cl.get_run(again[orphan]).info.status == "FINISHED"
+
+
+def test_an_experiment_deleted_in_the_ui_is_one_line_naming_it_and_the_fix(project):
+    track("line")
+    cl = client()
+    exp = cl.get_experiment_by_name("initlab-line").experiment_id
+    cl.delete_experiment(exp)  # as the UI's "Delete experiment" does: the name stays taken
+    result = runner.invoke(app, ["track", "line"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"experiment initlab-line (id {exp}) is deleted; restore it" in result.output
+    cl.restore_experiment(exp)
+    assert track("line")["logged"] == 0  # restored: its runs are there again

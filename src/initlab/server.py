@@ -148,16 +148,14 @@ def stop_postgres(s: Server, timeout: float = 60) -> bool:
 
 
 def server_pid(s: Server) -> int | None:
-    """The running server's pid (its process group), or None."""
+    """The running server's pid (its process group), or None: also when the pid file's process
+    is gone or is another program now (a reused pid is never signalled)."""
     try:
         pid = int(s.pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if b"mlflow" in cmdline and b"server" in cmdline else None
 
 
 def healthy(s: Server, timeout: float = 2) -> bool:

@@ -307,7 +307,12 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                     if cl.get_experiment_by_name(name) is None:
                         with contextlib.suppress(Exception):  # created meanwhile by another process
                             cl.create_experiment(name, artifact_location=artifact_location(name))
-                    exp = cl.get_experiment_by_name(name).experiment_id
+                    experiment = cl.get_experiment_by_name(name)
+                    exp = experiment.experiment_id
+                    if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
+                        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: experiment {name} (id {exp}) is deleted; "
+                                         f"restore it (`mlflow experiments restore --experiment-id {exp}`) or "
+                                         "remove it for good (`mlflow gc`), then run track again")  # fmt: skip
                     cl.set_experiment_tag(exp, "mlflow.experimentKind", "custom_model_development")  # runs first
                     out["orphans"] += end_orphans(cl, exp)
                     done = finished_keys(cl, exp)
