@@ -246,6 +246,6 @@ def stop(s: Server, postgres: bool = True) -> list[str]:
         _end_group(pid)
         stopped.append(f"mlflow server (pid {pid})")
     s.pidfile.unlink(missing_ok=True)
-    if postgres and (s.pgdata / "PG_VERSION").exists() and stop_postgres(s):
+    if postgres and stop_postgres(s):
         stopped.append("PostgreSQL")
     return stopped
