@@ -274,27 +274,32 @@ def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tu
     plt.close(fig)
 
 
-def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
-    d = read_npz(paths.prepared(study), study=study)
-    x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
-    y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
-    pick = df[df["reproduce"]] if df["reproduce"].any() else df
-    run = pick.iloc[0]
+def _probability(run, study: str, paths: Paths, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """The trained model of ``run``: its probability of class 1 at each point of the grid
+    ``(xx, yy)``, in the raw inputs' units (z-scored first where the model was trained so)."""
     arch = json.loads(run["arch"])
-    if run["diverged"]:
-        return
     module = build_module(**arch)
     module.load_state_dict(load_weights(paths.trained(study) / "weights" / f"{run['run_name']}.pt"))
-    g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
-    xx, yy = np.meshgrid(g, g)
     grid = np.c_[xx.ravel(), yy.ravel()]
     if run["normalize"] == "zscore":  # the model's inputs, as evaluate gives them (data.load_split)
         stats = read_json(paths.norm_stats(study))
         grid = ((grid * stats["scale"] - np.array(stats["mean"])) / np.array(stats["std"])).astype(np.float32)
     with torch.no_grad():
         z = module(torch.from_numpy(grid)).numpy().reshape(xx.shape)
-    if arch["head"] == "none":
-        z = 1 / (1 + np.exp(-z))
+    return 1 / (1 + np.exp(-z)) if arch["head"] == "none" else z
+
+
+def fig_decision_boundary(df, study: str, paths: Paths, out: Path) -> None:
+    d = read_npz(paths.prepared(study), study=study)
+    x = np.concatenate([d["x_train"], d["x_val"], d["x_test"]])
+    y = np.concatenate([d["y_train"], d["y_val"], d["y_test"]])
+    pick = df[df["reproduce"]] if df["reproduce"].any() else df
+    run = pick.iloc[0]
+    if run["diverged"]:
+        return
+    g = np.linspace(x.min() - 0.3, x.max() + 0.3, 300, dtype=np.float32)
+    xx, yy = np.meshgrid(g, g)
+    z = _probability(run, study, paths, xx, yy)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.6)
     ax.contour(xx, yy, z, levels=[0.5], colors="k")
@@ -384,17 +389,11 @@ def fig_boundaries(df, sp, study: str, paths: Paths, out: Path) -> None:
     runs = runs[runs["seed"] == runs["seed"].min()].drop_duplicates("init")
     g = np.linspace(x.min() - 0.3, x.max() + 0.3, 250, dtype=np.float32)
     xx, yy = np.meshgrid(g, g)
-    grid = torch.from_numpy(np.c_[xx.ravel(), yy.ravel()])
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs.to_dict("records")):
-        arch = json.loads(run["arch"])
         ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
         if not run["diverged"]:
-            module = build_module(**arch)
-            module.load_state_dict(load_weights(paths.trained(study) / "weights" / f"{run['run_name']}.pt"))
-            with torch.no_grad():
-                z = module(grid).numpy().reshape(xx.shape)
-            z = 1 / (1 + np.exp(-z)) if arch["head"] == "none" else z
+            z = _probability(run, study, paths, xx, yy)
             ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.5)
             ax.contour(xx, yy, z, levels=[0.5], colors="k")
         ax.set_title(f"{run['init']}: train {run['train_accuracy']:.2f}, test {run['test_accuracy']:.2f}",
