@@ -88,27 +88,28 @@ def pg_program(name: str) -> str:
     return found
 
 
-def _as_owner(cmd: list[str]) -> list[str]:
-    """``cmd`` run as the cluster's owner: ``postgres`` when we are root, else ourselves."""
-    return ["runuser", "-u", PG_OS_USER, "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def _run(cmd: list[str], what: str, timeout: float) -> str:
+def _pg(cmd: list[str], cwd: Path, what: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL program as the cluster's owner (``postgres`` when we are root: PostgreSQL
+    refuses to run as root; else ourselves) in ``cwd``; with ``check``, a failure is one line."""
+    owner = {"user": PG_OS_USER, "group": PG_OS_USER} if os.geteuid() == 0 else {}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, **owner)
     except subprocess.TimeoutExpired:
-        raise StoreError(f"{what}: no answer after {timeout:g} s ({' '.join(cmd[:3])} ...)") from None
-    if out.returncode != 0:
+        raise StoreError(f"{what}: no answer after {timeout:g} s ({' '.join(cmd[:2])} ...)") from None
+    except (OSError, KeyError) as exc:  # no such program or account, a folder it cannot enter
+        raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from None
+    if check and out.returncode != 0:
         last = (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}").splitlines()[-1]
         raise StoreError(f"{what} failed: {last[:300]}")
-    return out.stdout
+    return out
 
 
 def pg_running(s: Server) -> bool:
     if not (s.pgdata / "PG_VERSION").exists():
         return False
-    cmd = _as_owner([pg_program("pg_ctl"), "status", "-D", str(s.pgdata.resolve())])
-    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    data = s.pgdata.resolve()
+    status = _pg([pg_program("pg_ctl"), "status", "-D", str(data)], data, "pg_ctl status", 30, check=False)
+    return status.returncode == 0
 
 
 def start_postgres(s: Server, timeout: float = 60) -> None:
@@ -118,17 +119,16 @@ def start_postgres(s: Server, timeout: float = 60) -> None:
         data.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(data, PG_OS_USER, PG_OS_USER)
-            check = subprocess.run(["runuser", "-u", PG_OS_USER, "--", "test", "-w", str(data)], timeout=30)
-            if check.returncode != 0:
+            if _pg(["test", "-w", str(data)], Path("/"), "test -w", 30, check=False).returncode != 0:
                 raise StoreError(f"{data}: the {PG_OS_USER} account cannot write here (a folder above it is "
                                  "closed to others); put the server elsewhere with --root")
-        _run(_as_owner([pg_program("initdb"), "-D", str(data), "-U", PG_OS_USER, "--auth=trust", "-E", "UTF8",
-                        "--locale=C", "--no-instructions"]), "initdb", timeout)  # fmt: skip
+        _pg([pg_program("initdb"), "-D", str(data), "-U", PG_OS_USER, "--auth=trust", "-E", "UTF8", "--locale=C",
+             "--no-instructions"], data, "initdb", timeout)  # fmt: skip
     if not pg_running(s):
         opts = f"-c listen_addresses='' -c unix_socket_directories='{data}' -p {s.pg_port}"
-        _run(_as_owner([pg_program("pg_ctl"), "start", "-D", str(data), "-w", "-t", str(int(timeout)),
-                        "-l", str(data / "postgres.log"), "-o", opts]),
-             f"PostgreSQL in {data} (its log: {data / 'postgres.log'})", timeout + 10)  # fmt: skip
+        _pg([pg_program("pg_ctl"), "start", "-D", str(data), "-w", "-t", str(int(timeout)),
+             "-l", str(data / "postgres.log"), "-o", opts],
+            data, f"PostgreSQL in {data} (its log: {data / 'postgres.log'})", timeout + 10)  # fmt: skip
     import psycopg
 
     with psycopg.connect(host=str(data), port=s.pg_port, user=PG_OS_USER, dbname="postgres",
@@ -142,8 +142,9 @@ def start_postgres(s: Server, timeout: float = 60) -> None:
 def stop_postgres(s: Server, timeout: float = 60) -> bool:
     if not pg_running(s):
         return False
-    _run(_as_owner([pg_program("pg_ctl"), "stop", "-D", str(s.pgdata.resolve()), "-m", "fast", "-w",
-                    "-t", str(int(timeout))]), "stopping PostgreSQL", timeout + 10)  # fmt: skip
+    data = s.pgdata.resolve()
+    _pg([pg_program("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", str(int(timeout))],
+        data, "stopping PostgreSQL", timeout + 10)  # fmt: skip
     return True
 
 
