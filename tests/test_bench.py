@@ -82,3 +82,63 @@ def test_the_peers_train_what_they_claim(loss, sizes, activation):
 def test_scaling_table_lists_each_configuration():
     rows = [{"models": 4, "width": 256, "depth": 3, "ms_per_model_step": 1.234, "peak_mib_per_model": 5.67}]
     assert bench.scaling_lines(rows)[-1] == "| 4 | 256 | 3 | 1.23 | 5.7 |"
+
+
+@pytest.mark.parametrize("sizes", [[784, 256, 128, 10], [1, 4, 1], [20, 40, 40, 40, 3]])
+def test_the_ceiling_times_exactly_the_products_a_step_executes(sizes):
+    """Wide and narrow layers alike: the products ``matmul_ceiling`` times are the step's executed
+    FLOPs, each pair multipliable and as large as the layer's forward, weight or input gradient."""
+    from initlab.models import StackedMLP
+
+    model, batch = StackedMLP(3, sizes), 7
+    pairs = bench.step_matmuls(model, batch)
+    flops = sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b in pairs)
+    assert all(a.shape[2] == b.shape[1] for a, b in pairs)
+    assert flops == 3 * batch * bench.executed_flops_per_sample(sizes)
+    assert len(pairs) == 3 * (len(sizes) - 1) - 1
+
+
+def test_count_ops_counts_what_autograd_dispatches():
+    w = torch.ones(3, requires_grad=True)
+    assert bench.count_ops(lambda: w.add(1.0)) == 1
+    assert bench.count_ops(lambda: (w * 2.0).sum().backward()) > 3  # forward, then its gradient
+
+
+def test_breakdown_splits_the_train_stages_into_training_and_the_rest():
+    stages = {"prepare@a": 2.0, "train@a": 10.0, "train@b": 30.0, "track": 8.0}
+    got = bench.breakdown(stages, train_seconds=34.0, total=51.0)
+    assert got == {"training": 34.0, "track": 8.0, "train (outside training)": 6.0, "prepare": 2.0,
+                   "dvc start-up": 1.0}  # fmt: skip
+    assert list(got) == ["training", "track", "train (outside training)", "prepare", "dvc start-up"]
+
+
+def test_summary_prints_what_bounds_each_missed_target():
+    r = result(mlflow_seconds=9.0, mlflow_share_of_training=0.05, train_seconds=180.0,
+               breakdown={"training": 180.0, "track": 9.0}, io_stall_seconds=12.0)  # fmt: skip
+    r.update(plain_loop={"seconds_per_model": 2.0}, func_ensemble={"seconds_per_model": 1.5, "models": 14},
+             vs_plain=2.0, vs_func=1.5,
+             bound={"matmuls_seconds_per_model": 0.7, "adam_seconds_per_model": 0.2,
+                    "matmuls_gemm_fraction_executed": 0.85, "share_of_b": {"matmuls": 0.7, "adam": 0.2}},
+             tiny={"steps": 2000, "models": 20, "seconds_per_model": {"initlab": 0.07}, "ms_per_step_initlab": 0.7,
+                   "vs_plain": 14.0, "vs_func": 1.7, "ops_per_step": 66.0, "us_per_op": 10.6})  # fmt: skip
+    text = "\n".join(bench.summary_lines(r))
+    for part in ("its products alone 0.70 s/model (70% of (b)) = 85% of (c)",
+                 "fused Adam alone 0.20 s (20% of (b))", "66 ATen ops per stack step, 10.6 us each",
+                 "280 s   (target <= 360 s): training 180 s, track 9 s", "I/O stall 12 s"):  # fmt: skip
+        assert part in text, part
+
+
+def test_timed_repro_times_each_stage_from_dvcs_lines_and_names_a_failure(tmp_path):
+    import os
+
+    fake = tmp_path / "dvc"
+    fake.write_text("#!/bin/sh\necho \"Running stage 'train@x':\"\nsleep 0.2\necho \"Running stage 'report':\"\n"
+                    "echo done\nexit ${FAKE_RC:-0}\n")  # fmt: skip
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    total, stages = bench.timed_repro(tmp_path, env)
+    assert list(stages) == ["train@x", "report"]
+    assert 0.2 <= stages["train@x"] < total
+    assert stages["train@x"] + stages["report"] == pytest.approx(total, abs=0.05)
+    with pytest.raises(RuntimeError, match="(?s)dvc repro failed.*done"):
+        bench.timed_repro(tmp_path, {**env, "FAKE_RC": "1"})

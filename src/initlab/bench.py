@@ -15,6 +15,12 @@ FLOPs of a model are counted as the issue counts them: 6 x parameters per sample
 backward 4), about 1.4 MFLOP for 784-256-128-10. initlab skips the gradient of the input, which
 nobody needs, so the work it does is less than that count; both are reported.
 
+What bounds each figure, measured in the same run: (b)'s stacks doing only their step's matrix
+products (``step_matmuls``: the executed FLOPs, in autograd's layouts), and only their fused Adam,
+in the trainer's threads (``matmul_ceiling``); the tiny models' ATen operators per stack step
+(``count_ops``), whose dispatch is their whole cost; and the full repro's seconds by kind of stage
+(``breakdown``) with the machine's I/O stall meanwhile (Linux PSI).
+
 Optionally (``--pipeline``) it copies the project to a temporary folder and times a full
 ``dvc repro`` from clean (data read from ``INITLAB_DATA_MIRROR`` or the network) and a no-op one,
 and MLflow's share of training time: the ``track`` stage's wall time (``pipeline/timings/track.json``;
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from initlab import peers
 from initlab.config import Params, ParamsError, Paths, variants
@@ -174,6 +181,8 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     ``TINY_MODELS`` models stacked (seeds 0..19 of its first variant, one intra-op thread as
     ``dvc repro`` runs light stacks), against (b) and (c) on the same steps; seconds per model,
     fastest of ``repeats``."""
+    from unittest import mock
+
     from initlab.config import Variant
     from initlab.train import load_study_data, train_group
 
@@ -197,7 +206,13 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     finally:
         torch.set_num_threads(before)
     best = {k: min(v) for k, v in times.items()}
-    return {"models": TINY_MODELS, "steps": TINY_EPOCHS, "seconds_per_model": best, "all_seconds": times,
+    # ops per stack step: the difference of two lengths, so set-up and validation cancel out
+    short, long = (st.model_copy(update={"epochs": e, "val_every": e}) for e in (20, 120))
+    with mock.patch("initlab.train.Probe", NoProbe):
+        n_short, n_long = (count_ops(lambda s=s: train_group(s, group, sp.inits, data, 2)) for s in (short, long))
+    ops = (n_long - n_short) / (long.epochs - short.epochs)
+    return {"ops_per_step": ops, "us_per_op": 1e6 * best["initlab"] * TINY_MODELS / TINY_EPOCHS / ops,
+            "models": TINY_MODELS, "steps": TINY_EPOCHS, "seconds_per_model": best, "all_seconds": times,
             "vs_plain": best["plain_loop"] / best["initlab"], "vs_func": best["func_ensemble"] / best["initlab"],
             "ms_per_step_initlab": 1000 * best["initlab"] * TINY_MODELS / TINY_EPOCHS}  # fmt: skip
 
@@ -225,6 +240,127 @@ def executed_flops_per_sample(sizes: list[int]) -> int:
     return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
 
 
+def step_matmuls(model, batch: int) -> list[tuple[Tensor, Tensor]]:
+    """The operands of every matrix product one training step of ``model`` (a ``StackedMLP``)
+    runs on a shared batch of ``batch`` rows, in autograd's layouts: each layer's forward product,
+    its weight gradient, and, above the first layer, its input gradient."""
+    M = model.n_models
+    h = torch.randn(M, batch, model.sizes[0])
+    pairs = []
+    for k, (w, narrow) in enumerate(zip(model.weights, model.narrow)):
+        w = w.detach()
+        o = w.shape[1] if narrow else w.shape[2]
+        g = torch.randn(M, o, batch) if narrow else torch.randn(M, batch, o)
+        if narrow:  # out^T = W h^T: dW = g h, dh^T = W^T g
+            pairs += [(w, h.transpose(1, 2)), (g, h)] + ([(w.transpose(1, 2), g)] if k else [])
+        else:  # out = h W: dW = h^T g, dh = g W^T
+            pairs += [(h, w), (h.transpose(1, 2), g)] + ([(g, w.transpose(1, 2))] if k else [])
+        h = torch.randn(M, batch, o)
+    return pairs
+
+
+def matmul_ceiling(params: Params, paths: Paths, seed: int = 0, steps: int = 100) -> dict:
+    """What bounds (b): its group's stacks, in the trainer's threads, doing only the step's matrix
+    products, and separately only the fused Adam update, for ``steps`` steps; scaled to the
+    group's steps, per model. (b) can get no closer to the GEMM rate than its products alone do."""
+    from torch.optim.adam import adam as adam_step
+
+    from initlab.models import StackedMLP
+    from initlab.train import load_study_data, run_stacks, stacks_for
+
+    st = params.study("fashion_mnist").train
+    group = [v for v in variants(params, "fashion_mnist") if v.seed == seed]
+    data = load_study_data("fashion_mnist", "none", paths, "cpu", all_data=False)
+    stacks = stacks_for(st, group, data, 10, "cpu")
+    sizes = [784, *st.model.hidden, 10]
+
+    def products(s, stop) -> float:
+        pairs = step_matmuls(StackedMLP(len(s.group), sizes), st.batch_size)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for a, b in pairs:
+                torch.bmm(a, b)
+        return time.perf_counter() - t0
+
+    def adam(s, stop) -> float:
+        ps = list(StackedMLP(len(s.group), sizes).parameters())
+        gs, ms, vs = ([torch.randn_like(p) for p in ps] for _ in range(3))
+        vs = [v.abs() for v in vs]
+        counts = [torch.zeros(()) for _ in ps]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(steps):
+                adam_step([p.data for p in ps], gs, ms, vs, [], counts, fused=True, amsgrad=False,
+                          beta1=0.9, beta2=0.999, lr=1e-3, weight_decay=0.0, eps=1e-8, maximize=False)
+        return time.perf_counter() - t0
+
+    scale = stacks[0].steps / steps / len(group)  # seconds of `steps` steps -> seconds per model
+    out = {}
+    for name, fn in (("matmuls", products), ("adam", adam)):
+        t0 = time.perf_counter()
+        run_stacks(stacks, fn)
+        out[f"{name}_seconds_per_model"] = (time.perf_counter() - t0) * scale
+    return {**out, "stacks": [len(s.group) for s in stacks], "steps_timed": steps}
+
+
+def count_ops(fn) -> int:
+    """ATen operators ``fn()`` dispatches (below autograd: forward, backward and optimiser)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def timed_repro(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """``dvc repro`` in ``root``: its wall seconds, and each stage's, from one "Running stage"
+    line to the next (the stage's command and DVC's caching of its outputs)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    marks, text = [], []
+    for line in p.stdout:
+        text.append(line)
+        if m := re.match(r"Running stage '([^']+)'", line):
+            marks.append((m.group(1), time.perf_counter() - t0))
+    total = time.perf_counter() - t0
+    if p.wait() != 0:
+        raise RuntimeError(f"dvc repro failed in {root}:\n{''.join(text)[-3000:]}")
+    ends = [t for _, t in marks[1:]] + [total]
+    return total, {name: end - start for (name, start), end in zip(marks, ends)}
+
+
+def breakdown(stages: dict[str, float], train_seconds: float, total: float) -> dict[str, float]:
+    """A repro's ``total`` seconds by kind of stage (``train@x`` -> ``train``), the train stages
+    split into training (the trainer's own clock) and the rest (start-up, reading data, writing
+    weights, DVC caching them), and DVC's start-up before the first stage; largest first."""
+    kinds: dict[str, float] = {"dvc start-up": total - sum(stages.values())}
+    for name, seconds in stages.items():
+        kind = name.split("@")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+    if "train" in kinds:
+        kinds["train (outside training)"] = kinds.pop("train") - train_seconds
+        kinds["training"] = train_seconds
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def io_stall_seconds() -> float | None:
+    """Seconds every task of the machine was stalled on I/O so far (Linux PSI ``full``), or None."""
+    try:
+        text = Path("/proc/pressure/io").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^full .*total=(\d+)", text, re.M)
+    return int(m.group(1)) / 1e6 if m else None
+
+
 def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, progress=print) -> dict:
     """Full ``dvc repro`` from clean in a copy of ``project``, then a no-op ``dvc repro``; training
     seconds per study, from the full one, and the ``track`` stage's MLflow seconds.
@@ -246,13 +382,13 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
         env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
         for cmd in (["git", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
             subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+        stall = io_stall_seconds()
         out = {}
-        for key in ("full_repro_seconds", "noop_repro_seconds"):
-            t0 = time.perf_counter()
-            p = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
-            out[key] = time.perf_counter() - t0
-            if p.returncode != 0:
-                raise RuntimeError(f"dvc repro failed in {root}:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+        out["full_repro_seconds"], stages = timed_repro(root, env)
+        if stall is not None and (after := io_stall_seconds()) is not None:
+            out["io_stall_seconds"] = after - stall
+        out["noop_repro_seconds"], _ = timed_repro(root, env)
+        out["stage_seconds"] = stages
         train_s = 0.0
         timings = root / "pipeline" / "timings"
         for t in sorted(timings.glob("train-*.json")):
@@ -275,6 +411,7 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
                                    f"{tracked['logged']} in the repro")  # fmt: skip
             track_s.append(again["mlflow_seconds"])
         mlflow_s = statistics.median(track_s)
+        out["breakdown"] = breakdown(stages, train_s, out["full_repro_seconds"])
         out.update(train_seconds=train_s, mlflow_seconds=mlflow_s, mlflow_all_seconds=track_s,
                    mlflow_share_of_training=mlflow_s / train_s,
                    mlflow_runs={"logged": tracked["logged"], "skipped": tracked["skipped"]})  # fmt: skip
@@ -335,6 +472,8 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     plain, func = fastest(runs_plain), fastest(runs_func)
     progress("tiny models: heart rate's MLP, full batch ...")
     tiny = tiny_peers(params, paths, repeats)
+    progress("what bounds (b): its products alone, its Adam alone ...")
+    ceiling = [matmul_ceiling(params, paths) for _ in range(repeats)] if device == "cpu" else []
     gemm_after = gemm_gflops(device=device)
     gemm = max(gemm_before, gemm_after)
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
@@ -351,6 +490,11 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
         initlab_gemm_fraction=nominal / b["seconds_per_model"] / gemm,
         initlab_gemm_fraction_executed=executed / b["seconds_per_model"] / gemm,
     )  # fmt: skip
+    if ceiling:
+        best = {k: min(c[k] for c in ceiling) for k in ("matmuls_seconds_per_model", "adam_seconds_per_model")}
+        out["bound"] = {**ceiling[0], **best, "all": ceiling,
+                        "matmuls_gemm_fraction_executed": executed / best["matmuls_seconds_per_model"] / gemm,
+                        "share_of_b": {k.split("_")[0]: v / b["seconds_per_model"] for k, v in best.items()}}
     if scaling:
         out["scaling"] = peers.scaling(progress)
     if pipeline:
@@ -399,17 +543,27 @@ def summary_lines(r: dict) -> list[str]:
             f"({r['func_ensemble']['models']} models){_of(r['func_ensemble'].get('all_seconds', []))}; "
             f"(b) is {r['vs_func']:.1f}x faster   (target >= 2.4x, >= 75% of (c) on executed FLOPs)",
         ]
+        if "bound" in r:
+            bd = r["bound"]
+            lines.append(f"    what bounds (b): its products alone {bd['matmuls_seconds_per_model']:.2f} s/model "
+                         f"({100 * bd['share_of_b']['matmuls']:.0f}% of (b)) = "
+                         f"{100 * bd['matmuls_gemm_fraction_executed']:.0f}% of (c); its fused Adam alone "
+                         f"{bd['adam_seconds_per_model']:.2f} s ({100 * bd['share_of_b']['adam']:.0f}% of (b))")
         t = r["tiny"]
         lines.append(f"tiny (heart rate 1-4-1, full batch, {t['steps']} steps, {t['models']} models): initlab "
                      f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model "
                      f"({t['ms_per_step_initlab']:.2f} ms "
-                     f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func")
+                     f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func"
+                     + (f"; {t['ops_per_step']:.0f} ATen ops per stack step, {t['us_per_op']:.1f} us each"
+                        if "ops_per_step" in t else ""))
     if "scaling" in r:
         lines += scaling_lines(r["scaling"])
     if "pipeline" in r:
         p = r["pipeline"]
         lines += [
-            f"full dvc repro from clean: {p['full_repro_seconds']:.0f} s   (target <= 360 s)",
+            f"full dvc repro from clean: {p['full_repro_seconds']:.0f} s   (target <= 360 s)"
+            + (": " + ", ".join(f"{k} {v:.0f} s" for k, v in p["breakdown"].items()) if "breakdown" in p else "")
+            + (f"; I/O stall {p['io_stall_seconds']:.0f} s" if "io_stall_seconds" in p else ""),
             f"no-op dvc repro:           {p['noop_repro_seconds']:.1f} s   (target <= 2 s)",
             f"MLflow logging:            {p['mlflow_seconds']:.1f} s"
             f"{_of(p.get('mlflow_all_seconds', []), 'median')} = "
