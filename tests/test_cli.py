@@ -101,6 +101,24 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
     assert key.split(".")[0] in text
 
 
+def test_the_report_names_the_profile_its_numbers_come_from(tmp_path):
+    """Default params ran no profile; params with the profile's values set ran it, and the note
+    gives the command for each other profile."""
+    from initlab.report import profile_note
+
+    default = load_params().study("depth")
+    assert "Profile: **default**" in profile_note("depth", default)
+    assert "-S 'studies.depth.train.epochs=5'" in profile_note("depth", default)
+    f = tmp_path / "params.yaml"
+    overrides = default.profiles["full"]
+    changed = with_change("studies.depth.split.train_subset", overrides["split.train_subset"])
+    changed["studies"]["depth"]["split"]["test_subset"] = overrides["split.test_subset"]
+    changed["studies"]["depth"]["train"]["epochs"] = overrides["train.epochs"]
+    f.write_text(yaml.safe_dump(changed))
+    note = profile_note("depth", load_params(f).study("depth"))
+    assert note == "Profile: **full** (the one these numbers come from)."
+
+
 def store_rows(db: Path) -> dict[str, list]:
     """Every row of every table of an MLflow SQLite store, opened read-only."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

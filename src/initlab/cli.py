@@ -238,9 +238,11 @@ def bench(
     """Measure, in one run: seed 001's training loop per model, initlab's trainer per model on
     the same setup (with and without its per-layer diagnostics), the peers a PyTorch user would
     pick (a plain one-model loop, torch.func ensembling), the same for heart rate's tiny MLP, the
-    machine's float32 GEMM rate; optionally (--scaling) per-model time and memory against stack
-    size, width and depth, and (--pipeline) the full and no-op `dvc repro` wall times and MLflow's
-    share of training time. Prints the ratios; writes them to --out.
+    machine's float32 GEMM rate, and what bounds each target (the trainer's matrix products alone
+    and its fused Adam alone, the tiny step's ATen operators); optionally (--scaling) per-model
+    time and memory against stack size, width and depth, and (--pipeline) the full and no-op
+    `dvc repro` wall times, the full one's seconds by kind of stage with the machine's I/O stall,
+    and MLflow's share of training time. Prints the ratios; writes them to --out.
 
     Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
     """

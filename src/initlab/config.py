@@ -6,6 +6,7 @@ the stage before it writes anything, with one line naming the key, the value and
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -340,19 +341,26 @@ class StudyParams(Strict):
     # and their values, run with `dvc exp run -S studies.<study>.<key>=<value>` (``profile_args``).
     profiles: dict[str, dict[str, Any]] = {}
 
+    def with_profile(self, name: str, raw: dict | None = None) -> dict:
+        """``raw`` (default: this study dumped whole) with profile ``name``'s dotted keys set; a key
+        outside the study's data, split or train is a ``ValueError``."""
+        raw = copy.deepcopy(self.model_dump() if raw is None else raw)
+        for dotted, value in self.profiles[name].items():
+            *parents, leaf = dotted.split(".")
+            node = raw
+            for part in parents:  # an unset (None) parent becomes {}, as in a dump without defaults
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part] if isinstance(node, dict) else None
+            if not isinstance(node, dict) or parents[:1] not in (["data"], ["split"], ["train"]):
+                raise ValueError(f"profiles.{name}: {dotted!r} is not a key of the study's data, split or train")
+            node[leaf] = value
+        return raw
+
     @model_validator(mode="after")
     def _profiles_valid(self) -> StudyParams:
-        for name, overrides in self.profiles.items():
-            raw = self.model_dump(exclude_defaults=True, exclude={"profiles"})
-            for dotted, value in overrides.items():
-                *parents, leaf = dotted.split(".")
-                node = raw
-                for part in parents:
-                    node = node.setdefault(part, {}) if isinstance(node, dict) else None
-                if not isinstance(node, dict) or parents[:1] not in (["data"], ["split"], ["train"]):
-                    raise ValueError(f"profiles.{name}: {dotted!r} is not a key of the study's data, split "
-                                     "or train")  # fmt: skip
-                node[leaf] = value
+        for name in self.profiles:
+            raw = self.with_profile(name, self.model_dump(exclude_defaults=True, exclude={"profiles"}))
             try:
                 StudyParams.model_validate(raw)
             except ValidationError as exc:

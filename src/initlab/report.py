@@ -410,14 +410,7 @@ def profile_note(study: str, sp) -> str:
     if not sp.profiles:
         return ""
     raw = sp.model_dump()
-
-    def current(dotted: str):
-        node = raw
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
-    ran = [n for n, o in sp.profiles.items() if all(current(k) == v for k, v in o.items())]
+    ran = [n for n in sp.profiles if sp.with_profile(n, raw) == raw]  # setting it changes nothing
     out = [f"Profile: **{ran[0] if ran else 'default'}** (the one these numbers come from)."]
     for name, overrides in sp.profiles.items():
         if name not in ran:
