@@ -4,7 +4,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup lock repro test test-fast lint ui clean postgres server server-stop
+.PHONY: setup lock repro verify test test-fast lint ui clean postgres server server-stop
 
 # The environment is locked: requirements.lock pins every package (torch's CUDA wheels included) with
 # its SHA-256, for Linux x86_64 and Python 3.11. pyproject.toml keeps the ranges; `make lock` is the
@@ -31,6 +31,9 @@ lock:                   ## re-resolve pyproject.toml's ranges to the newest rele
 
 repro: setup            ## run every stage that is out of date (all of them on a fresh clone)
 	dvc repro
+
+verify: setup          ## after `make repro`: identical to the committed results, within bound on another CPU, or a regression
+	initlab verify
 
 test: setup postgres    ## fast tests, then the slow end-to-end tests (dvc repro of the CI profile, the server)
 	pytest -q

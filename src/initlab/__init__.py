@@ -16,9 +16,11 @@ import sys
 #   the heart-rate study kept other R-peaks (mean 105.90 bpm instead of 105.91).
 # - ATen (torch's own CPU kernels): log_softmax and other vectorised ops round differently in
 #   their AVX-512 build, which moved Fashion-MNIST's test accuracies in the third decimal.
-# MKL (torch's GEMMs) is left alone: it gave the same bits with and without AVX-512 on the hosts
-# measured, and its switch (MKL_CBWR, any value) changes which algorithm it runs, so the numbers
-# differ from those of an unset MKL_CBWR (README, "Reproducing").
+# MKL (torch's GEMMs) is left alone. It takes vendor-specific code paths: AMD hosts with and
+# without AVX-512 agreed, an Intel host did not. Its reproducibility switch MKL_CBWR gives the
+# same bits as unset on AMD except for COMPATIBLE (slower, and other bits), and no setting was
+# shown to make Intel agree with AMD; `initlab bench` measures each branch, `initlab.machine`
+# records the platform and `initlab verify` bounds what a platform change moves (README).
 PINNED_KERNELS = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "ATEN_CPU_CAPABILITY": "avx2",

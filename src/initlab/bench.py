@@ -426,10 +426,11 @@ def machine() -> dict:
     except OSError:
         pass
     from initlab import kernels
+    from initlab.machine import fingerprint
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": sys.version.split()[0],
-            "kernels": kernels()}  # fmt: skip
+            "kernels": kernels(), "platform": fingerprint()}  # fmt: skip
 
 
 def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
@@ -446,6 +447,10 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]
     out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
+    from initlab.machine import cbwr_branches
+
+    progress("MKL's reproducibility branches (MKL_CBWR) on the first layer's bmm ...")
+    out["mkl_cbwr"] = cbwr_branches()
     progress("(c) float32 GEMM rate ...")
     gemm_before = gemm_gflops(device=device)
     runs_a, runs_b, runs_b0, runs_plain, runs_func = [], [], [], [], []
@@ -514,9 +519,27 @@ def _of(times: list[float], kept: str = "fastest") -> str:
     return f" ({kept} of {len(times)}: {', '.join(f'{t:.1f}' for t in times)} s)" if len(times) > 1 else ""
 
 
+def platform_lines(r: dict) -> list[str]:
+    """The platform that decides the bits, and what each MKL CNR branch costs on it."""
+    from initlab.machine import describe
+
+    pf = r["machine"].get("platform")
+    if not pf:
+        return []
+    lines = [f"platform: {describe(pf)}; MKL runs its '{pf['mkl_code_path']}' path, CNR {pf['mkl_cnr']}"]
+    for branch, b in r.get("mkl_cbwr", {}).items():
+        if "gflops" in b:
+            bits = "the same bits" if b.get("same_bits_as_unset") else "other bits"
+            lines.append(f"    MKL_CBWR={branch:<12} {b['gflops']:6.1f} GFLOP/s ({b['ratio']:.2f}x of unset), {bits}")
+        else:
+            lines.append(f"    MKL_CBWR={branch:<12} failed: {b.get('error')}")
+    return lines
+
+
 def summary_lines(r: dict) -> list[str]:
     lines = [
         f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}",
+        *platform_lines(r),
         f"(a) seed 001 loop:        {r['seed_loop']['seconds']:.2f} s per model"
         + _of(r["seed_loop"].get("all_seconds", [])),
         f"(b) initlab trainer:      {r['initlab']['seconds_per_model']:.2f} s per model "

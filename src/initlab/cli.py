@@ -264,6 +264,34 @@ def bench(
     typer.echo(f"figures: {out}")
 
 
+VerifyAgainst = typer.Option("HEAD", "--against", help="The git revision whose committed results to compare with.")
+
+
+@app.command()
+@stage
+def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
+    """Say whether this clone reproduced the committed results; run it after `dvc repro`.
+
+    Compares every run's test accuracy (pipeline/metrics/<study>_runs.json) with the one committed
+    at --against. On the platform the committed results came from they must be identical; on
+    another (CPU vendor, MKL path, kernel switches: `initlab.machine`) each variant must stay
+    within its own seed spread (Welch t-test, Holm over variants, family-wise alpha 0.01). Exit 0:
+    identical or within bound; 1: a regression, with the variants that moved and by how much.
+    """
+    from initlab.verify import committed_records, compare, current_records, summary
+
+    studies = list(load_params(params).studies)
+    paths = Paths()
+    reference = committed_records(studies, paths, against)
+    current = current_records(studies, paths)
+    c = compare(reference, current)
+    first = studies[0]
+    for line in summary(c, reference[first]["platform"], current[first]["platform"]):
+        typer.echo(line)
+    if c.status == "regression":
+        raise typer.Exit(1)
+
+
 server_app = typer.Typer(help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
                          "`make server` / `make server-stop`.", no_args_is_help=True)
 app.add_typer(server_app, name="server")

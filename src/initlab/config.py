@@ -530,6 +530,9 @@ class Paths:
     def metrics(self, study: str) -> Path:
         return self.pipeline / "metrics" / f"{study}.json"
 
+    def runs_record(self, study: str) -> Path:
+        return self.pipeline / "metrics" / f"{study}_runs.json"
+
     def evaluated(self, study: str) -> Path:
         return self.pipeline / "evaluate" / f"{study}.csv"
 

@@ -10,7 +10,7 @@ import torch
 
 from initlab.config import ParamsError, Paths
 from initlab.data import load_split
-from initlab.io import atomic_path, load_weights, read_csv, write_json
+from initlab.io import atomic_path, load_weights, read_csv, read_json, write_json
 from initlab.models import build_module
 from initlab.registry import LOSSES
 from initlab.train import predictions, targets
@@ -24,6 +24,16 @@ def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFram
     if not table.exists():
         raise ParamsError(f"{table} missing; run `dvc repro train@{study}` first")
     runs = read_csv(table, RUN_COLUMNS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # ATen's parallel reductions would make the bits follow the cores
+    try:
+        return runs.merge(pd.DataFrame(test_rows(study, runs, paths, device)), on="run_name")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rows(study: str, runs: pd.DataFrame, paths: Paths, device: str) -> list[dict]:
+    """Each run's test loss, accuracy and per-class accuracy."""
     cache: dict[str, tuple] = {}
     rows = []
     for run in runs.itertuples(index=False):
@@ -51,7 +61,7 @@ def evaluate_study(study: str, paths: Paths, device: str = "cpu") -> pd.DataFram
                 for c in range(n_classes):
                     row[f"test_accuracy_class_{c}"] = float(correct[y == c].mean())
         rows.append(row)
-    return runs.merge(pd.DataFrame(rows), on="run_name")
+    return rows
 
 
 def summarise(df: pd.DataFrame) -> dict:
@@ -146,3 +156,7 @@ def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     with atomic_path(paths.layers(study)) as tmp:
         layer_profile(df, diag).to_csv(tmp, index=False, float_format="%.6g")
     write_json(paths.metrics(study), summarise(df))
+    from initlab.verify import record
+
+    platform = read_json(paths.trained(study) / "platform.json")
+    write_json(paths.runs_record(study), record(df, platform))

@@ -41,7 +41,11 @@ def _ci_of(r, prefix: str = "") -> str:
 
 
 def _verdict(r) -> str:
-    return f"{r['verdict']} (p = {r['p_vs_best']:.2g})" if np.isfinite(r["p_vs_best"]) else r["verdict"]
+    from initlab.stats import marginal
+
+    if not np.isfinite(r["p_vs_best"]):
+        return r["verdict"]
+    return f"{r['verdict']}{', marginal' if marginal(r['p_vs_best']) else ''} (p = {r['p_vs_best']:.2g})"
 
 
 def variant_table(vt: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -115,6 +119,15 @@ def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None 
     if len(diverged):
         names = ", ".join(f"`{v}`" for v in diverged["variant"])
         out.append(f"{len(diverged)} diverged on every seed: {names}.")
+    from initlab.stats import MARGINAL, marginal
+
+    edge = own[[marginal(p) for p in own["p_vs_best"]]]
+    if len(edge):
+        names = ", ".join(f"`{v}` ({r})" for v, r in zip(edge["variant"].head(4), edge["verdict"].head(4)))
+        out.append(f"{len(edge)} of these verdicts {'is' if len(edge) == 1 else 'are'} marginal "
+                   f"({MARGINAL[0]} <= p < {MARGINAL[1]}): another CPU's roundings can flip "
+                   f"{'it' if len(edge) == 1 else 'them'}, so read {'it' if len(edge) == 1 else 'them'} "
+                   f"as undecided: {names}{' …' if len(edge) > 4 else ''}.")  # fmt: skip
     return " ".join(out)
 
 
@@ -437,10 +450,15 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
 
         v = verdicts(r.assign(variant=r[row.rank_by].astype(str)), row.metric).set_index("variant")
         fmt = lambda k: f"{k} {100 * v.loc[k, 'mean']:.{row.digits}f} %"  # noqa: E731
-        tie = list(v.index[v["verdict"] == "indistinguishable"])
-        ours = (f"best by {row.label or row.metric}: {fmt(v.index[v['verdict'] == 'best'][0])}; "
-                f"indistinguishable from it (paired t-test, Holm): {', '.join(map(fmt, tie)) or 'none'}; "
-                f"worse: {int((v['verdict'] == 'worse').sum())}")  # fmt: skip
+        from initlab.stats import marginal
+
+        top = v[v["verdict"].isin(["best", "indistinguishable"])].sort_values("mean", ascending=False)
+        edge = [k for k in v.index if marginal(v.loc[k, "p_vs_best"])]
+        # The top group, not its first place: which of its members leads moves with the CPU's roundings.
+        ours = (f"top by {row.label or row.metric} (the highest mean and those indistinguishable from it, "
+                f"paired t-test, Holm): {', '.join(map(fmt, top.index))}; "
+                f"worse: {int((v['verdict'] == 'worse').sum())}"
+                + (f"; marginal (0.01 <= p < 0.1): {', '.join(edge)}" if edge else ""))  # fmt: skip
     elif row.show == "percent":
         ours = f"{100 * values.mean():.{row.digits}f} %"
     elif row.show == "mean_std":

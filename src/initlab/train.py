@@ -382,7 +382,8 @@ def train_study(
     return [results[v] for v in vs]
 
 
-SPLIT_STEP_FLOPS = 5e8  # a group this heavy per step is split across worker threads
+SPLIT_STEP_FLOPS = 5e8  # a group this heavy per step is split in SPLIT_PARTS stacks
+SPLIT_PARTS = 2  # fixed, so that results do not depend on the machine's cores
 MIN_SPLIT = 7  # models per split stack at least: fewer make the GEMMs too thin
 STEP_SECONDS = 1.5e-3  # one step's op dispatch on one thread (for ordering stacks only)
 THREAD_FLOPS = 8e10  # one core's FLOP/s on a training step (for ordering stacks only)
@@ -404,15 +405,19 @@ class Stack:
 
 def stacks_for(st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_classes: int,
                device: str = "cpu") -> list[Stack]:  # fmt: skip
-    """The stacks one group trains as: itself, or on CPU a heavy group split across threads."""
+    """The stacks one group trains as: itself, or on CPU a heavy group split in ``SPLIT_PARTS``.
+
+    The split is a constant, not the machine's thread count: a stack's shape decides which kernel
+    code path each element takes (a vector body or a scalar tail), so a split that followed the
+    cores gave other bits on a machine with another core count."""
     v0 = group[0]
     n = data["x_train"].shape[-2]
     sizes = architecture(st.spec(v0.model), data["x_train"].shape[-1], n_classes, v0.loss, v0.normalize)["sizes"]
     flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * min(st.batch_size or n, n)
     steps = st.epochs * -(-n // (st.batch_size or n))
-    workers = torch.get_num_threads() if device == "cpu" else 1
+    parts = SPLIT_PARTS if device == "cpu" else 1
     stacks, start = [], 0
-    for chunk in split_group(group, flops, workers):  # contiguous parts, in order
+    for chunk in split_group(group, flops, parts):  # contiguous parts, in order
         part = chunk_data(data, start, start + len(chunk), len(group))
         stacks.append(Stack(chunk, part, flops * len(chunk), steps))
         start += len(chunk)
@@ -443,48 +448,44 @@ def chunk_data(data: dict[str, Tensor], a: int, b: int, m_group: int) -> dict[st
 def run_stacks(stacks: list[Stack], train_stack, device: str = "cpu") -> list:
     """``train_stack(stack, stop)`` for every stack; returns their results in order.
 
-    On CPU with W intra-op threads the stacks run in W threads of one intra-op thread each,
-    longest first: one core per stack does more than two cores on each stack in turn, because a
-    thin GEMM (batch 100) splits badly over cores, every op pays an OpenMP barrier, and serial
-    work (the dropout streams, Python) of one stack overlaps another's arithmetic. Fashion-MNIST:
-    1.36 -> 1.20 ms per model-step. Ops release the GIL; each stack keeps its own generators, so
-    results do not depend on the schedule. A failure or Ctrl-C stops every stack at its next
-    step. Light stacks (< 5e7 FLOP per step: every study but Fashion-MNIST) run in turn on one
-    intra-op thread: their steps are op dispatch, and two threads would trade the GIL at every
-    op (heart rate: 25 s in turn, 28 s in two threads). On one thread, or CUDA, all run in turn.
+    On CPU every stack runs on one intra-op thread, whatever the machine has: ATen's parallel
+    reductions keep one partial sum per thread, so a stack's bits would follow the core count.
+    Heavy stacks run in a pool of up to W threads (W = torch's intra-op threads), longest first:
+    one core per stack does more than two cores on each stack in turn, because a thin GEMM (batch
+    100) splits badly over cores and serial work of one stack overlaps another's arithmetic. Ops
+    release the GIL; each stack keeps its own generators, so results do not depend on the schedule.
+    Light stacks (< ``SMALL_STEP_FLOPS`` per step) run in turn: their steps are op dispatch, and
+    two threads would trade the GIL at every op. A failure or Ctrl-C stops every stack at its next
+    step. On CUDA all run in turn.
     """
     before = torch.get_num_threads()
     heavy = [i for i, s in enumerate(stacks) if s.flops_per_step >= SMALL_STEP_FLOPS]
     workers = min(before, len(heavy)) if device == "cpu" else 1
     pooled = heavy if workers > 1 else []
     out: list = [None] * len(stacks)
-    for i, s in enumerate(stacks):
-        if i in pooled:
-            continue
-        light = device == "cpu" and s.flops_per_step < SMALL_STEP_FLOPS
-        torch.set_num_threads(1 if light else before)
-        try:
-            out[i] = train_stack(s, None)
-        finally:
-            torch.set_num_threads(before)
-    if not pooled:
-        return out
-    stop = threading.Event()
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="initlab-train")
+    torch.set_num_threads(1 if device == "cpu" else before)
     try:
-        futures = {i: pool.submit(train_stack, stacks[i], stop)
-                   for i in sorted(pooled, key=lambda i: -stacks[i].cost)}  # fmt: skip
-        wait(futures.values(), return_when=FIRST_EXCEPTION)
-        for f in futures.values():
-            if f.done() and f.exception() is not None and not isinstance(f.exception(), Stopped):
-                raise f.exception()
-        for i, f in futures.items():
-            out[i] = f.result()
-        return out
+        for i, s in enumerate(stacks):
+            if i not in pooled:
+                out[i] = train_stack(s, None)
+        if not pooled:
+            return out
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="initlab-train")
+        try:
+            futures = {i: pool.submit(train_stack, stacks[i], stop)
+                       for i in sorted(pooled, key=lambda i: -stacks[i].cost)}  # fmt: skip
+            wait(futures.values(), return_when=FIRST_EXCEPTION)
+            for f in futures.values():
+                if f.done() and f.exception() is not None and not isinstance(f.exception(), Stopped):
+                    raise f.exception()
+            for i, f in futures.items():
+                out[i] = f.result()
+            return out
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(before)
 
 
@@ -509,6 +510,10 @@ def save_results(results: list[Result], out: Path) -> None:
             **({"model": v.model} if v.model else {}), **r.final, "arch": json.dumps(r.arch),
         })  # fmt: skip
         diagnostics += [{"run_name": v.run_name, **d} for d in r.diagnostics]
+    from initlab.io import write_json
+    from initlab.machine import platform_key
+
+    write_json(out / "platform.json", platform_key())  # what decided these bits
     np.savez(out / "curves.npz", **curves)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(diagnostics).to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
