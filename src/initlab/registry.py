@@ -283,6 +283,16 @@ class Loss:
     fn: Callable[[Tensor, Tensor], Tensor]
     on_logits: bool  # False: the head applies sigmoid (binary) or softmax (multi-class) first
     class_targets: bool  # True: integer class targets; False: one-hot / {0, 1} floats
+    # The numbers of classes it is meant for: a binary cross-entropy on three one-hot columns
+    # trains three one-vs-rest models without a word; cross-entropy needs one output per class.
+    min_classes: int = 2
+    max_classes: int | None = None
+
+    def classes_allowed(self) -> str:
+        if self.max_classes == self.min_classes:
+            return f"{self.min_classes} classes"
+        return f"{self.min_classes} classes or more" if self.max_classes is None else \
+            f"{self.min_classes} to {self.max_classes} classes"
 
     @property
     def formula(self) -> str:
@@ -292,7 +302,7 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     "l1": Loss(l1, on_logits=False, class_targets=False),
     "mse": Loss(mse, on_logits=False, class_targets=False),
-    "bce": Loss(bce, on_logits=False, class_targets=False),
-    "bce_logits": Loss(bce_logits, on_logits=True, class_targets=False),
-    "cross_entropy": Loss(cross_entropy, on_logits=True, class_targets=True),
+    "bce": Loss(bce, on_logits=False, class_targets=False, max_classes=2),
+    "bce_logits": Loss(bce_logits, on_logits=True, class_targets=False, max_classes=2),
+    "cross_entropy": Loss(cross_entropy, on_logits=True, class_targets=True, min_classes=3),
 }
