@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from initlab.config import DataError
+from initlab.config import DataError, Paths
 
 
 def sha256(path: Path) -> str:
@@ -65,19 +66,35 @@ def atomic_path(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# The stage that writes each folder of pipeline/, to name in an error about a file there.
-PRODUCERS = {"raw": "download", "prepared": "prepare", "normalize": "normalize", "train": "train",
-             "evaluate": "evaluate", "metrics": "evaluate"}  # fmt: skip
+# The stage that writes each per-study output, by the ``Paths`` method that names it.
+PRODUCERS = {"raw": "download", "prepared": "prepare", "norm_stats": "normalize", "trained": "train",
+             "evaluated": "evaluate", "variants": "evaluate", "curves": "evaluate", "layers": "evaluate",
+             "metrics": "evaluate"}  # fmt: skip
+_STUDY = "\0study\0"  # a study name no path holds
+
+
+def producer(path: Path) -> tuple[str, str] | None:
+    """``(stage, study)`` of the stage that writes ``path`` (or a file inside it), found by matching
+    it against the ``Paths`` of each per-study output: ``pipeline/evaluate/line_variants.csv`` is
+    evaluate's of line, not of "line_variants"; None off pipeline/."""
+    parts = Path(path).parts
+    if "pipeline" not in parts:
+        return None
+    rel = Path(*parts[parts.index("pipeline") :]).as_posix()
+    outs = [(getattr(Paths(Path()), method)(_STUDY), stage) for method, stage in PRODUCERS.items()]
+    outs.append((Paths(Path()).prepared(_STUDY).with_suffix(".json"), "prepare"))  # its summary, beside it
+    # The most specific first: <study>_variants.csv before <study>.csv.
+    for out, stage in sorted(outs, key=lambda o: -len(o[0].as_posix())):
+        pattern = re.escape(out.as_posix()).replace(re.escape(_STUDY), "([a-z][a-z0-9_]*)")
+        if m := re.fullmatch(pattern + "(/.*)?", rel):
+            return stage, m.group(1)
+    return None
 
 
 def _fix(path: Path) -> str:
     """"; run `dvc repro -f prepare@line`" for pipeline/prepared/line.npz; "" off pipeline/."""
-    parts = Path(path).parts
-    if "pipeline" in parts:
-        rest = parts[parts.index("pipeline") + 1 :]
-        if len(rest) > 1 and rest[0] in PRODUCERS:
-            return f"; run `dvc repro -f {PRODUCERS[rest[0]]}@{Path(rest[1]).name.split('.')[0]}`"
-    return ""
+    found = producer(path)
+    return f"; run `dvc repro -f {found[0]}@{found[1]}`" if found else ""
 
 
 def unreadable(path: Path, exc: BaseException) -> DataError:
