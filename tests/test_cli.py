@@ -87,6 +87,9 @@ BAD = [
      "lsuv takes no argument 'rounds'; allowed: tol, max_rounds"),
     ("studies.saturation.train.diagnostics.at_steps", [-1], "greater than or equal to 0"),
     ("studies.circles_dlai.data.val_args", None, "give both"),
+    ("studies.line.train.lr", [True], "studies.line.train.lr.0 = True: Input should be a valid number"),
+    ("studies.line.split.seed", -1, "studies.line.split.seed = -1: Input should be greater than or equal to 0"),
+    ("studies.line.data.start", 3.0, "studies.line.data.start = 3 is not below stop = 2; allowed: start < stop"),
 ]
 
 
