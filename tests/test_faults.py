@@ -203,7 +203,7 @@ def test_after_a_track_fails_halfway_the_next_logs_exactly_the_missing_runs(copy
     assert result.exit_code == 1 and result.output.count("\n") == 1, (result.output, len(calls))
     assert "mlflow.db: cannot write: No space left on device (errno 28)" in result.output
     before = _active(copy / "mlflow.db")
-    assert {status for status, _ in before} == {"FINISHED", "FAILED"}  # litter to clean up
+    assert "FAILED" in {status for status, _ in before}  # litter to clean up
     result = runner.invoke(app, ["track"])
     assert result.exit_code == 0, result.output
     after = _active(copy / "mlflow.db")
