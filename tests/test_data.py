@@ -191,8 +191,8 @@ def _rewrite_raw(paths: Paths, study: str, name: str, **arrays) -> None:
     raw = paths.raw(study)
     with open(raw / name, "wb") as f:
         np.savez(f, **arrays)
-    (raw / "SHA256SUMS").write_text("".join(f"{sha256(f)}  {f.relative_to(raw)}\n"
-                                            for f in sorted(raw.rglob("*")) if f.name != "SHA256SUMS"))  # fmt: skip
+    files = [f for f in sorted(raw.rglob("*")) if f.name != "SHA256SUMS"]
+    (raw / "SHA256SUMS").write_text("".join(f"{sha256(f)}  {f.relative_to(raw)}\n" for f in files))
 
 
 def test_prepare_checks_every_value_it_reads(tmp_path, monkeypatch):

@@ -102,9 +102,10 @@ def test_every_stage_a_fix_names_for_a_stage_output_is_in_dvc_yaml():
     names = _stage_names()
     checked = 0
     for study in studies:
-        outputs = [paths.raw(study) / "line.npz", paths.prepared(study), paths.prepared(study).with_suffix(".json"),
-                   paths.norm_stats(study), paths.trained(study) / "weights" / "x-s0.pt", paths.evaluated(study),
-                   paths.variants(study), paths.curves(study), paths.layers(study), paths.metrics(study)]  # fmt: skip
+        outputs = [paths.raw(study) / "line.npz", paths.prepared(study),
+                   paths.prepared(study).with_suffix(".json"), paths.norm_stats(study),
+                   paths.trained(study) / "weights" / "x-s0.pt", paths.evaluated(study), paths.variants(study),
+                   paths.curves(study), paths.layers(study), paths.metrics(study)]  # fmt: skip
         for out in outputs:
             message = str(unreadable(out, FileNotFoundError()))
             named = message.split("`dvc repro -f ")[1].rstrip("`")

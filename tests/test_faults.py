@@ -29,8 +29,9 @@ runner = CliRunner()
 def project(tmp_path_factory):
     """line cut to 8 models (2 variants of 3 seeds, 2 reproductions) through every stage and track."""
     root = tmp_path_factory.mktemp("faults")
-    p = with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default", "zeros"],
-                                           "losses": ["bce"], "seeds": [0, 1, 2], "epochs": 2})  # fmt: skip
+    train = {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default", "zeros"], "losses": ["bce"],
+             "seeds": [0, 1, 2], "epochs": 2}  # fmt: skip
+    p = with_change("studies.line.train", train)
     p["studies"] = {"line": p["studies"]["line"]}
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))
@@ -102,7 +103,8 @@ def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, mon
     trained = []
     monkeypatch.setattr("initlab.train.train_study", lambda *a, **k: trained.append(a))
     real = os.access
-    monkeypatch.setattr(initlab.io.os, "access", lambda p, mode: not str(p).endswith("train/line") and real(p, mode))
+    monkeypatch.setattr(initlab.io.os, "access",
+                        lambda p, mode: not str(p).endswith("train/line") and real(p, mode))  # fmt: skip
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "pipeline/train/line: cannot write: the OS says it is not writable" in result.output
@@ -178,7 +180,8 @@ def test_broken_weights_found_by_track_change_nothing_in_the_store(copy, content
     files, rows = folder_bytes(copy), store_rows(copy / "mlflow.db")
     result = runner.invoke(app, ["track"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert "zeros-bce-none-lr2-s1.pt: unreadable" in result.output and "run `dvc repro -f train@line`" in result.output
+    assert "zeros-bce-none-lr2-s1.pt: unreadable" in result.output
+    assert "run `dvc repro -f train@line`" in result.output
     assert not (copy / "pwned").exists()
     assert changes(files, folder_bytes(copy)) == [] and changes(rows, store_rows(copy / "mlflow.db")) == []
 

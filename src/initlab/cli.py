@@ -30,9 +30,12 @@ LIBRARY_LOGGERS = ("mlflow", "sqlalchemy", "alembic", "urllib3", "git")
 _verbose = False
 
 
+VerboseOpt = typer.Option(False, "--verbose", "-v",
+                          help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.")
+
+
 @app.callback()
-def options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own logs "
-                                         "(MLflow, SQLAlchemy) and an error's full traceback.")) -> None:  # fmt: skip
+def options(verbose: bool = VerboseOpt) -> None:
     """initlab: one command per DVC stage."""
     import logging
     import os

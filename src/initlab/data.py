@@ -246,6 +246,8 @@ def check_raw(study: str, paths: Paths) -> None:
     from initlab.io import unreadable
 
     raw = paths.raw(study)
+    if not raw.exists():  # the file prepare reads is named missing, with the stage to run
+        return
     sums = raw / "SHA256SUMS"
     try:
         lines = sums.read_text().splitlines()

@@ -90,9 +90,9 @@ def check_writable(path: Path) -> None:
     """Refuse now, not after hours of training, an output ``atomic_path`` could not put in place:
     its folder takes no new file, or the old output cannot be moved (read-only, immutable)."""
     path = Path(path)
+    folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())  # made later, not now
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder))
     except OSError as exc:
         raise (write_refused(exc, path) or exc) from None
     if path.exists() and not os.access(path, os.W_OK):
@@ -107,7 +107,8 @@ _ERRNO_FIX = {
     errno.EFBIG: "the file is larger than allowed (the disk, or `ulimit -f`); free space or raise the limit",
     errno.EROFS: "the file system is read-only; write elsewhere or remount it",
     errno.EACCES: "no permission to write there; make it writable",
-    errno.EPERM: "the OS refused the change (an immutable file or folder? `lsattr`, `chattr -i`); make it writable",
+    errno.EPERM: "the OS refused the change (an immutable file or folder? `lsattr`, `chattr -i`); "
+                 "make it writable",
 }
 
 
@@ -117,7 +118,8 @@ def _in_torch_save(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        if code.co_name in ("save", "_save") and Path(code.co_filename).parts[-2:] == ("torch", "serialization.py"):
+        in_torch = Path(code.co_filename).parts[-2:] == ("torch", "serialization.py")
+        if in_torch and code.co_name in ("save", "_save"):
             return True
         tb = tb.tb_next
     return False

@@ -161,7 +161,9 @@ def large_random(w: Tensor, generator: torch.Generator | None = None, *,
     return nn.init.normal_(w, 0.0, scale, generator=generator)
 
 
-def orthogonal(w: Tensor, generator: torch.Generator | None = None, *, gain: Annotated[float, Gt(0)] = 1.0) -> Tensor:
+def orthogonal(
+    w: Tensor, generator: torch.Generator | None = None, *, gain: Annotated[float, Gt(0)] = 1.0
+) -> Tensor:
     """w = gain * Q, Q the orthogonal factor of a QR decomposition of a N(0, 1) matrix (signs
     fixed by R's diagonal), so its rows (or columns, whichever are fewer) are orthonormal: every
     singular value is ``gain`` and a deep linear net keeps the norm of its signal.

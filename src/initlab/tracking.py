@@ -200,7 +200,7 @@ def sweep_litter(cl, runs: dict[str, list]) -> int:
     whose key a FINISHED run holds: the leftover of an interrupted ``track`` that a later one
     completed. Returns how many; ``runs`` (``store_runs``) loses them."""
     deleted = 0
-    for key, same in runs.items():
+    for same in runs.values():
         if any(r.info.status == "FINISHED" for r in same):
             for r in [r for r in same if r.info.status in ("FAILED", "KILLED")]:
                 with deferred_signals(is_sql(tracking_uri())):

@@ -389,7 +389,8 @@ def check_fits_data(study: str, st: StudyTrain, vs: list[Variant], n_classes: in
     for v in vs:  # each loss against the number of classes (the registry says which it takes)
         loss = LOSSES[v.loss]
         if not loss.min_classes <= n_classes <= (loss.max_classes or n_classes):
-            fits = [name for name, x in LOSSES.items() if x.min_classes <= n_classes <= (x.max_classes or n_classes)]
+            fits = [name for name, x in LOSSES.items()
+                    if x.min_classes <= n_classes <= (x.max_classes or n_classes)]  # fmt: skip
             key = f"{where}.reproduce.losses" if v.reproduce else f"{where}.losses"
             raise ParamsError(f"{key}: {v.loss} is for {loss.classes_allowed()}, and {study}'s data has "
                               f"{n_classes}; allowed here: {', '.join(fits)}")  # fmt: skip
@@ -425,8 +426,8 @@ def check_fits_memory(study: str, st: StudyTrain, groups: list[list[Variant]], n
         key = f"studies.{study}.train.{f'models.{label}' if label else 'model'}.hidden"
         h = st.spec(label).hidden
         shown = f"[{h[0]}] * {len(h)}" if len(h) > 3 and len(set(h)) == 1 else str(h)
-        raise ParamsError(f"{key} = {shown}: {models} models of {per_model:,} parameters train together and need at "
-                          f"least {need:,} bytes (weights, gradients, {st.optimizer} state in float32); "
+        raise ParamsError(f"{key} = {shown}: {models} models of {per_model:,} parameters train together and "
+                          f"need at least {need:,} bytes (weights, gradients, {st.optimizer} state in float32); "
                           f"{device} has {free:,} bytes available; allowed: a smaller model, fewer "
                           "variants, or a machine with more memory")  # fmt: skip
 
