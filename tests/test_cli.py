@@ -87,6 +87,9 @@ BAD = [
      "lsuv takes no argument 'rounds'; allowed: tol, max_rounds"),
     ("studies.saturation.train.diagnostics.at_steps", [-1], "greater than or equal to 0"),
     ("studies.circles_dlai.data.val_args", None, "give both"),
+    ("studies.line.train.lr", [True], "studies.line.train.lr.0 = True: Input should be a valid number"),
+    ("studies.line.split.seed", -1, "studies.line.split.seed = -1: Input should be greater than or equal to 0"),
+    ("studies.line.data.start", 3.0, "studies.line.data.start = 3 is not below stop = 2; allowed: start < stop"),
 ]
 
 
@@ -281,10 +284,10 @@ def test_training_params_that_do_not_fit_the_data_stop_before_training(tmp_path,
 def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("studies.line.data.threshold", 5.0)))
-    assert runner.invoke(app, ["download", "line"]).exit_code == 0
-    result = runner.invoke(app, ["prepare", "line"])
-    assert result.exit_code == 2 and "every training row is of class 0" in result.output
-    assert not (tmp_path / "pipeline" / "prepared").exists()
+    result = runner.invoke(app, ["download", "line"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "studies.line.data.threshold = 5 puts every point from start = -2 to stop = 2" in result.output
+    assert not (tmp_path / "pipeline").exists()
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,107 @@ def test_deeplearning_ai_circles_are_the_exercises_own_draws(tmp_path, params):
     np.testing.assert_array_equal(d["y_test"], y_test)
     assert summary["sizes"] == {"train": 300, "val": 100, "test": 100}
     assert not np.isin(d["x_val"][:, 0], d["x_test"][:, 0]).any()
+
+
+def _table_study(**data):
+    from initlab.config import StudyParams
+
+    return StudyParams.model_validate({
+        "title": "t", "data": {"kind": "table", "path": "t.csv", "target": "y", **data}, "split": {},
+        "inits": {"z": {"name": "zeros"}},
+        "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["z"], "losses": ["mse"]}})  # fmt: skip
+
+
+@pytest.mark.parametrize(("csv", "message"), [
+    ("a,b,y\n0.1,1,0\n0.2,,1\n0.3,3,0\n", "t.csv: column 'b', row 1 (line 3 of the file): empty"),
+    ("a,b,y\n0.1,1,0\n0.2,2,1\ninf,3,0\n", "t.csv: column 'a', row 2 (line 4 of the file): inf"),
+    ("a,b,y\n0.1,1,0\n0.2,2,\n", "t.csv: column 'y', row 1 (line 3 of the file): empty"),
+    ("a,b,y\n", "t.csv: no rows (a header only)"),
+])  # fmt: skip
+def test_a_table_with_a_hole_names_the_file_the_column_and_the_first_bad_row(tmp_path, monkeypatch, csv, message):
+    from initlab.config import DataError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv").write_text(csv)
+    with pytest.raises(DataError) as err:
+        data.download("t", _table_study(sha256=sha256(tmp_path / "t.csv")), Paths())
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not Paths().raw("t").exists()
+
+
+def _rewrite_raw(paths: Paths, study: str, name: str, **arrays) -> None:
+    """A raw file rewritten with its manifest updated too (as an older download might have left it)."""
+    raw = paths.raw(study)
+    with open(raw / name, "wb") as f:
+        np.savez(f, **arrays)
+    files = [f for f in sorted(raw.rglob("*")) if f.name != "SHA256SUMS"]
+    (raw / "SHA256SUMS").write_text("".join(f"{sha256(f)}  {f.relative_to(raw)}\n" for f in files))
+
+
+def test_prepare_checks_every_value_it_reads(tmp_path, monkeypatch):
+    from initlab.config import DataError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv").write_text("a,b,y\n" + "".join(f"{i / 10},{i},{i % 2}\n" for i in range(20)))
+    sp = _table_study(sha256=sha256(tmp_path / "t.csv"))
+    data.download("t", sp, Paths())
+    d = read_npz(Paths().raw("t") / "data.npz")
+    d["x"][7, 1] = np.nan
+    _rewrite_raw(Paths(), "t", "data.npz", **d)
+    with pytest.raises(DataError, match=r"data.npz \(x\): column 'b', row 7: empty"):
+        data.prepare("t", sp, Paths())
+    assert not Paths().prepared("t").exists()
+
+
+def test_prepare_refuses_a_raw_file_changed_since_download(small_root, tmp_path, params):
+    import shutil
+
+    from initlab.config import DataError
+
+    paths = Paths(tmp_path)
+    shutil.copytree(small_root.raw("line"), paths.raw("line"))
+    f = paths.raw("line") / "line.npz"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 3] ^= 1  # inside a member: the zip container is whole, its CRC no longer matches
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"line.npz: changed since download \(sha256 .*; run `dvc repro -f "
+                                        r"download@line`"):  # fmt: skip
+        data.prepare("line", params.study("line"), paths)
+    (paths.raw("line") / "SHA256SUMS").unlink()
+    with pytest.raises(DataError, match="SHA256SUMS: missing; run `dvc repro -f download@line`"):
+        data.prepare("line", params.study("line"), paths)
+    assert not paths.prepared("line").exists()
+
+
+@pytest.mark.parametrize(("study", "change", "message"), [
+    ("heart_rate", {"data": {"peak_distance": 10**6}},
+     "studies.heart_rate.data.peak_distance = 1000000 leaves 0 beats in the record, too few to split"),
+    ("line", {"split": {"train_subset": 41}},
+     "studies.line.split.train_subset = 41 is more than the train split's 40 rows; allowed: up to 40"),
+    ("circles", {"split": {"test_subset": 10**4}}, "studies.circles.split.test_subset = 10000 is more than"),
+])  # fmt: skip
+def test_params_the_data_cannot_take_are_refused_at_prepare(small_root, tmp_path, params, study, change, message):
+    import shutil
+
+    from initlab.config import ParamsError
+
+    paths = Paths(tmp_path)
+    shutil.copytree(small_root.raw(study), paths.raw(study))
+    raw = params.study(study).model_dump(exclude_unset=True)
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value}
+    with pytest.raises(ParamsError, match=message):
+        data.prepare(study, type(params.study(study)).model_validate(raw), paths)
+    assert not paths.prepared(study).exists()
+
+
+def test_too_few_table_rows_for_the_split_name_the_split(tmp_path, monkeypatch):
+    from initlab.config import ParamsError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv").write_text("a,y\n0.1,0\n0.2,1\n0.3,0\n")
+    sp = _table_study(sha256=sha256(tmp_path / "t.csv"))
+    data.download("t", sp, Paths())
+    with pytest.raises(ParamsError, match=r"studies.t.split: 3 rows are too few to split with val_fraction = 0.2, "
+                                          r"test_fraction = 0.2 \(scikit-learn: "):  # fmt: skip
+        data.prepare("t", sp, Paths())

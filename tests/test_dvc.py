@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
@@ -78,3 +79,62 @@ def test_the_closure_follows_lazy_imports_and_the_decorator():
             "src/initlab/config.py", "src/initlab/__init__.py", "src/initlab/cli.py"} <= train
     assert "src/initlab/tracking.py" not in train and "src/initlab/report.py" not in train
     assert "src/initlab/tracking.py" in import_closure("track")
+
+
+def _stage_names() -> set[str]:
+    """Every stage ``dvc repro`` accepts by name: ``track``, a foreach group ``evaluate``, and
+    each of its stages ``evaluate@<study>`` (the studies of params.yaml)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    studies = yaml.safe_load((REPO / "params.yaml").read_text())["studies"]
+    names = set(stages)
+    for name, body in stages.items():
+        if "foreach" in body:
+            names |= {f"{name}@{study}" for study in studies}
+    return names
+
+
+def test_every_stage_a_fix_names_for_a_stage_output_is_in_dvc_yaml():
+    from initlab.config import Paths
+    from initlab.io import unreadable
+
+    studies = yaml.safe_load((REPO / "params.yaml").read_text())["studies"]
+    paths = Paths()
+    names = _stage_names()
+    checked = 0
+    for study in studies:
+        outputs = [paths.raw(study) / "line.npz", paths.prepared(study),
+                   paths.prepared(study).with_suffix(".json"), paths.norm_stats(study),
+                   paths.trained(study) / "weights" / "x-s0.pt", paths.evaluated(study), paths.variants(study),
+                   paths.curves(study), paths.layers(study), paths.metrics(study)]  # fmt: skip
+        for out in outputs:
+            message = str(unreadable(out, FileNotFoundError()))
+            named = message.split("`dvc repro -f ")[1].rstrip("`")
+            assert named in names and named.endswith(f"@{study}"), message
+            checked += 1
+    assert checked == 10 * len(studies)
+
+
+def _strings(tree: ast.AST):
+    """Every string literal of ``tree``, an f-string with ``{}`` for each of its values."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            yield "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+
+
+def test_every_stage_a_message_of_the_package_names_is_in_dvc_yaml():
+    studies = yaml.safe_load((REPO / "params.yaml").read_text())["studies"]
+    names = _stage_names()
+    found = []
+    for module in sorted(PACKAGE.glob("*.py")):
+        for text in _strings(ast.parse(module.read_text())):
+            for command in re.findall(r"`dvc (?:repro|exp run)([^`]*)`", text):
+                # (a stage given by a value, io.py's {}@{}, is the test above's)
+                targets = [t for t in command.split()
+                           if not t.startswith(("-", "{}")) and "<" not in t and "=" not in t]  # fmt: skip
+                for target in targets:  # a {value} in an f-string: any study
+                    for name in {target.replace("{}", s) for s in studies}:
+                        found.append((module.name, name))
+                        assert name in names, f"{module.name}: `dvc repro {command.strip()}` names {name}"
+    assert len(found) > 3 and ("runs.py", "evaluate@line") in found

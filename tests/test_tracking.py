@@ -161,13 +161,30 @@ def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_pt2_model(pr
             assert torch.equal(model(x), want(x))
 
 
-def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project):
+def test_broken_weights_are_refused_before_the_store_is_opened(project, tmp_path):
     bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
     bad.write_bytes(b"not a torch file")
     result = runner.invoke(app, ["track", "line"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"initlab: error: {bad}: unreadable"), result.output
+    assert not (tmp_path / "mlflow.db").exists() and not Path("pipeline/tracking.json").exists()
+
+
+def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project, monkeypatch):
+    from initlab.tracking import ModelWriter
+
+    bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
+    real = ModelWriter.save
+
+    def save(self, r, path):  # this model's save fails (MLflow's writer, a full disk...)
+        if r.weights.name == bad.name:
+            raise RuntimeError("cannot save")
+        return real(self, r, path)
+
+    monkeypatch.setattr(ModelWriter, "save", save)
+    result = runner.invoke(app, ["track", "line"])
     assert result.exit_code == 1, result.output
-    last = result.output.splitlines()[-1]  # after MLflow's INFO lines of a new store
-    assert last.startswith(f"initlab: error: {bad}: unreadable"), result.output
+    assert result.output.count("\n") == 1 and "logging failed after" in result.output, result.output
     runs = all_runs(client())
     statuses = {r.data.tags.get("variant"): r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
     bad_variant = pd.read_csv(f"{LINE}/runs.csv").set_index("run_name").loc[bad.stem, "variant"]

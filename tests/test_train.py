@@ -284,5 +284,45 @@ def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
     from initlab.config import ParamsError
 
     p = narrowed(params, "circles", losses=["cross_entropy"])
-    with pytest.raises(ParamsError, match="studies.circles.train.losses: cross_entropy needs three classes"):
+    with pytest.raises(ParamsError, match="studies.circles.train.losses: cross_entropy is for 3 classes or more, "
+                                          "and circles's data has 2; allowed here: l1, mse, bce, bce_logits"):
         train_study(p, "circles", small_root, show_progress=False)
+
+
+@pytest.mark.parametrize("loss", ["bce_logits", "bce"])
+def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss):
+    from initlab import data
+    from initlab.config import ParamsError, Paths, StudyParams
+
+    sp = params.study("circles").model_dump(exclude_unset=True)
+    sp["data"] = {"kind": "sklearn", "generator": "make_blobs", "args": {"n_samples": 60, "centers": 3,
+                                                                         "random_state": 0}}  # fmt: skip
+    sp["train"] = {**sp["train"], "losses": ["mse", loss], "reproduce": None}
+    p = params.model_copy(update={"studies": {"blobs": StudyParams.model_validate(sp)}})
+    paths = Paths(tmp_path)
+    data.download("blobs", p.study("blobs"), paths)
+    data.prepare("blobs", p.study("blobs"), paths)
+    data.normalize_stats("blobs", paths)
+    with pytest.raises(ParamsError, match=f"studies.blobs.train.losses: {loss} is for 2 classes, and blobs's "
+                                          "data has 3; allowed here: l1, mse, cross_entropy"):  # fmt: skip
+        train_study(p, "blobs", paths, show_progress=False)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(params, small_root, monkeypatch):
+    import time
+
+    from initlab import train
+    from initlab.config import ModelSpec, ParamsError
+
+    sp = params.studies["line"]
+    # 3 * 10**11 parameters a model: more memory than any machine has, so the real check refuses it
+    p = narrowed(params, "line", model=ModelSpec(hidden=[10**11]), inits=["default"], losses=["bce"], seeds=[0])
+    allocated = []
+    monkeypatch.setattr(train, "StackedMLP", lambda *a, **k: allocated.append(a))
+    t0 = time.perf_counter()
+    with pytest.raises(ParamsError) as err:
+        train_study(p, "line", small_root, show_progress=False)
+    message = str(err.value)
+    assert message.startswith("studies.line.train.model.hidden = [100000000000]: ") and "\n" not in message
+    assert "models of 300,000,000,001 parameters" in message and "bytes available" in message
+    assert allocated == [] and time.perf_counter() - t0 < 5 and sp.train.model.hidden == []

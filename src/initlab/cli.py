@@ -24,7 +24,37 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The params file 
 StudyArg = typer.Argument(..., show_default=False, help="A study: a key of studies: in params.yaml.")
 
 
+# Libraries that log (tracebacks included) on their own: quiet unless --verbose, so that an error
+# is the one line `stage` prints. MLflow sets its logger's level when imported, from this variable.
+LIBRARY_LOGGERS = ("mlflow", "sqlalchemy", "alembic", "urllib3", "git")
+_verbose = False
+
+
+VerboseOpt = typer.Option(False, "--verbose", "-v",
+                          help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.")
+
+
+@app.callback()
+def options(verbose: bool = VerboseOpt) -> None:
+    """initlab: one command per DVC stage."""
+    import logging
+    import os
+    import warnings
+
+    global _verbose
+    _verbose = verbose
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "CRITICAL"
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    if not verbose:
+        warnings.filterwarnings("ignore", module=r"(mlflow|sqlalchemy|alembic)(\.|$)")
+
+
 def _fail(message: str, code: int) -> None:
+    if _verbose:  # the cause, with its traceback, above the one line
+        import traceback
+
+        traceback.print_exc()
     typer.echo(f"initlab: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -40,6 +70,13 @@ def stage(fn):
             _fail(str(exc), 2)
         except (DataError, StoreError) as exc:
             _fail(str(exc), 1)
+        except OSError as exc:  # a write the OS refused outside a stage output (read-only, full disk)
+            from initlab.io import write_refused
+
+            refused = write_refused(exc, Path(exc.filename or "."))
+            if refused is None:
+                raise
+            _fail(str(refused), 1)
         except KeyboardInterrupt:
             typer.echo("initlab: interrupted; no output was written", err=True)
             raise typer.Exit(130) from None
@@ -117,13 +154,15 @@ def train(
     Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
     track` logs the runs).
     """
-    from initlab.io import atomic_path, write_json
+    from initlab.io import atomic_path, check_writable, write_json
     from initlab.signals import sigterm_raises
     from initlab.train import save_results, train_study
 
     p = load_params(params)
     p.study(study)
     dev = _check_device(device, "--device") if device else _check_device(p.device, f"device: in {params}")
+    for out in (Paths().trained(study), Paths().timing(f"train-{study}")):
+        check_writable(out)
     t0 = time.perf_counter()
     with sigterm_raises():
         results = train_study(p, study, Paths(), dev)
@@ -168,8 +207,11 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
 
     Idempotent: each run is tagged initlab.run_key, a hash of the weights, the curves and the
     run's metrics and params; a model whose key is already in a FINISHED run is skipped, so a
-    second run logs nothing and a change to one study logs only its changed models. A FAILED or
-    KILLED (interrupted) run is logged again. After deleting mlflow.db, `dvc repro -f -s track`
+    second run logs nothing and a change to one study logs only its changed models. Every input
+    (weights loaded with weights_only) is checked before the store is opened. After a track that
+    failed or was interrupted, the next logs only the runs missing: a part-logged variant is
+    completed under its parent run, and its FAILED or KILLED leftovers are deleted (MLflow's soft
+    delete; `mlflow gc` purges them). After deleting mlflow.db, `dvc repro -f -s track`
     logs everything again (-s: this stage only; -f alone also re-runs every stage before it).
 
     Writes pipeline/tracking.json (study -> run name -> run id) and, outside the stage's outputs,
@@ -196,6 +238,9 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
         seconds = time.perf_counter() - t0
         write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
                                            **{k: out[k] for k in ("logged", "skipped", "orphans")}})  # fmt: skip
+    if out["deleted"]:
+        typer.echo(f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
+                   "(their runs are FINISHED now; `mlflow gc` purges them)", err=True)  # fmt: skip
     if out["orphans"]:
         typer.echo(f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
                    "their models were logged again", err=True)  # fmt: skip

@@ -10,21 +10,63 @@ import copy
 import itertools
 import math
 import os
+import re
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from initlab.registry import INITIALIZERS, LOSSES
 
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
+FLOAT32_MAX = 3.4028234663852886e38  # models compute in float32: a larger number becomes inf there
+SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are 0 .. 2**32 - 1
+MAX_LINE_POINTS = 10_000_000  # a line of more points is a typo, and would not fit in memory
 
+
+def _float32(v: float) -> float:
+    if abs(v) > FLOAT32_MAX:
+        raise ValueError(f"allowed: a number of size at most {FLOAT32_MAX:.4g} (float32, the models' precision)")
+    return v
+
+
+# Every model below is strict (``Strict``): no bool where a number goes (YAML's ``true`` is not
+# 1.0), no string where a number goes; an int is still accepted where a float goes.
+Finite = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32)]  # .inf, .nan refused
+PosFloat = Annotated[Finite, Field(gt=0)]
+Fraction = Annotated[Finite, Field(gt=0, lt=1)]
 PosInt = Annotated[int, Field(gt=0)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # .inf and .nan validate as floats otherwise
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+class OneOf:
+    """The check of a name that must be a key of a registry (``LOSSES``, ``INITIALIZERS``...); the
+    schema test finds it in a field's metadata and tries an unknown name there."""
+
+    def __init__(self, what: str, names: Callable[[], Mapping | tuple]) -> None:
+        self.what, self.names = what, names
+
+    def __call__(self, v: str) -> str:
+        if v not in self.names():
+            raise ValueError(f"unknown {self.what} {v!r}; allowed: {', '.join(self.names())}")
+        return v
+
+
+LossName = Annotated[str, AfterValidator(OneOf("loss", lambda: LOSSES))]
+InitName = Annotated[str, AfterValidator(OneOf("initialiser", lambda: INITIALIZERS))]
 
 
 class ParamsError(ValueError):
@@ -42,7 +84,7 @@ class StoreError(RuntimeError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -57,8 +99,24 @@ class LineSource(Strict):
     stop: Finite = 2.0
     step: PosFloat = 0.1
     threshold: Finite = 0.2
-    holdout_points: PosInt = 200
-    holdout_seed: int = 0
+    holdout_points: Annotated[int, Field(gt=0, le=1_000_000)] = 200
+    holdout_seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _points_of_two_classes(self) -> LineSource:
+        """Points x = start, start + step, ... below stop; some at most threshold, some above."""
+        if not self.start < self.stop:
+            raise ValueError(f"start = {self.start:g} is not below stop = {self.stop:g}; allowed: start < stop")
+        n = math.ceil((self.stop - self.start) / self.step)  # torch.arange's length
+        if not 2 <= n <= MAX_LINE_POINTS:
+            raise ValueError(f"step = {self.step:g} gives {n:,} points from start {self.start:g} to stop "
+                             f"{self.stop:g}; allowed: a step giving 2 to {MAX_LINE_POINTS:,} points")  # fmt: skip
+        last = self.start + (n - 1) * self.step
+        if not self.start <= self.threshold < last:
+            raise ValueError(f"threshold = {self.threshold:g} puts every point from start = {self.start:g} to "
+                             f"stop = {self.stop:g} (the last x = {last:g}) in one class; allowed: from "
+                             f"{self.start:g} up to below {last:g}")  # fmt: skip
+        return self
 
 
 class EcgSource(Strict):
@@ -66,7 +124,7 @@ class EcgSource(Strict):
 
     kind: Literal["ecg"]
     url: str = "https://raw.githubusercontent.com/scipy/dataset-ecg/main/ecg.dat"
-    sampling_hz: PosFloat = 360.0
+    sampling_hz: Annotated[PosFloat, Field(le=100_000)] = 360.0  # an ECG is sampled at hundreds of Hz
     peak_distance: PosInt = 150  # samples between R-peaks at least (scipy's own ECG example)
     threshold_bpm: PosFloat | None = None  # None: the training split's median
 
@@ -76,7 +134,7 @@ class SklearnSource(Strict):
     ...) called with ``args``: features x, class labels y."""
 
     kind: Literal["sklearn"]
-    generator: str
+    generator: Annotated[str, AfterValidator(OneOf("generator", lambda: SKLEARN_GENERATORS))]
     args: dict[str, Any] = {}
     # Held-out splits drawn by their own calls (args updated by these), as deeplearning.ai draws
     # its test set: then ``args`` gives the training rows alone, and ``split`` fractions are unused.
@@ -88,13 +146,6 @@ class SklearnSource(Strict):
         if (self.val_args is None) != (self.test_args is None):
             raise ValueError("val_args and test_args: give both (held-out splits drawn apart) or neither")
         return self
-
-    @field_validator("generator")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if not (v.startswith("make_") and v in SKLEARN_GENERATORS):
-            raise ValueError(f"unknown generator {v!r}; allowed: {', '.join(SKLEARN_GENERATORS)}")
-        return v
 
 
 class TorchvisionSource(Strict):
@@ -110,7 +161,7 @@ class TableSource(Strict):
     is the file's: DVC sees params, not the file, so a new file must come with its new hash."""
 
     kind: Literal["table"]
-    path: Path
+    path: Annotated[Path, Field(strict=False)]  # YAML gives a string
     target: str
     sha256: str | None = None  # None: the download stage stops and names the file's hash
 
@@ -135,7 +186,7 @@ class Split(Strict):
     """Seeded, stratified train / validation / test splits (a line's validation and test come from
     its held-out points; a torchvision dataset's test split is its official test set)."""
 
-    seed: int = 0
+    seed: Seed = 0
     val_fraction: Fraction = 0.2
     test_fraction: Fraction = 0.2
     train_subset: PosInt | None = None  # the first N of the training split (the CI profile)
@@ -152,30 +203,38 @@ class Split(Strict):
 # --------------------------------------------------------------------------- training
 
 
+def init_arg_types(name: str) -> dict[str, Any]:
+    """The keywords initialiser ``name`` takes (after the weight and the generator) and their
+    types, from its signature's annotations (a float is a ``Finite`` here)."""
+    import inspect
+
+    import initlab.registry as registry
+
+    out = {}
+    for key, param in list(inspect.signature(INITIALIZERS[name]).parameters.items())[2:]:
+        hint = eval(param.annotation, vars(registry)) if isinstance(param.annotation, str) else param.annotation  # noqa: S307 (the registry's own annotations)
+        base, *meta = typing.get_args(hint) if typing.get_origin(hint) is Annotated else (hint,)
+        out[key] = (Annotated[(Finite, *meta)] if meta else Finite) if base is float else hint  # float32, finite
+    return out
+
+
 class InitSpec(Strict):
-    name: str
+    name: InitName
     args: dict[str, Any] = {}
     bias: Finite | Literal["zeros", "default"] = "zeros"
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in INITIALIZERS:
-            raise ValueError(f"unknown initialiser {v!r}; allowed: {', '.join(INITIALIZERS)}")
-        return v
-
     @model_validator(mode="after")
     def _args_fit(self) -> InitSpec:
-        """Keywords the initialiser takes (after the weight and the generator), as numbers."""
-        import inspect
-
-        allowed = list(inspect.signature(INITIALIZERS[self.name]).parameters)[2:]
+        """Keywords the initialiser takes, each of the type its signature gives (strictly)."""
+        types = init_arg_types(self.name)
         for key, value in self.args.items():
-            if key not in allowed:
+            if key not in types:
                 raise ValueError(f"args: {self.name} takes no argument {key!r}; allowed: "
-                                 f"{', '.join(allowed) or 'none'}")  # fmt: skip
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"args.{key} = {value}; allowed: a finite number")
+                                 f"{', '.join(types) or 'none'}")  # fmt: skip
+            try:
+                TypeAdapter(types[key], config=ConfigDict(strict=True)).validate_python(value)
+            except ValidationError as exc:
+                raise ValueError(f"args.{key} = {value!r}: {_first_message(exc)}") from None
         a, b = self.args.get("a", 0.0), self.args.get("b", 1.0)  # uniform's bounds
         if self.name == "uniform" and not (isinstance(a, int | float) and isinstance(b, int | float) and a < b):
             raise ValueError(f"args: uniform needs a < b, got a = {a!r}, b = {b!r}")
@@ -211,7 +270,7 @@ class Diagnostics(Strict):
     of the training split, eval mode), before optimiser step ``s`` for each ``s`` of ``at_steps``
     and after the last step (``initlab.train.layer_stats``)."""
 
-    probe_rows: PosInt = 256
+    probe_rows: PosInt = 256  # more than the training rows: all of them
     at_steps: list[Annotated[int, Field(ge=0)]] = [0, 100]
 
 
@@ -235,8 +294,8 @@ class Reproduce(Strict):
     """
 
     inits: list[str] = Field(min_length=1)
-    losses: list[str] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    losses: list[LossName] = Field(min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     all_data: bool = False
     split: Literal["study", "shuffle"] = "study"
     validate_with_dropout: bool = False
@@ -254,9 +313,9 @@ class StudyTrain(Strict):
     batch_size: PosInt | None = None  # None: full batch
     shuffle: bool = True
     epochs: PosInt
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     inits: list[str] = Field(min_length=1)
-    losses: list[str] = Field(min_length=1)
+    losses: list[LossName] = Field(min_length=1)
     normalize: list[Literal["none", "zscore", "batchnorm"]] = ["none"]
     reproduce: Reproduce | None = None
     # After training, score each model on the whole training split (seed 000's and 002's
@@ -266,14 +325,6 @@ class StudyTrain(Strict):
     # 1,000 points per run (every epoch up to 1,000 epochs). Seed 001 validates once, after its
     # 2 epochs.
     val_every: PosInt | None = None
-
-    @field_validator("losses")
-    @classmethod
-    def _known_losses(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in LOSSES:
-                raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
-        return v
 
     @field_validator("lr")
     @classmethod
@@ -303,7 +354,7 @@ class StudyTrain(Strict):
 class TrackingParams(Strict):
     max_points_per_metric: PosInt = 1000
     log_models: bool = True
-    store_timeout_s: PosFloat = 10.0
+    store_timeout_s: Annotated[PosFloat, Field(le=3600)] = 10.0
 
 
 class ReportParams(Strict):
@@ -376,19 +427,20 @@ class StudyParams(Strict):
             if label not in self.inits:
                 raise ValueError(f"{where}: {label!r} is not in this study's inits; "
                                  f"allowed: {', '.join(self.inits)}")  # fmt: skip
-        if st.reproduce:
-            for name in st.reproduce.losses:
-                if name not in LOSSES:
-                    raise ValueError(f"train.reproduce.losses: unknown loss {name!r}; "
-                                     f"allowed: {', '.join(LOSSES)}")  # fmt: skip
         return self
 
 
 StudyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
+def _device(v: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+        raise ValueError("allowed: cpu, cuda, cuda:N")
+    return v
+
+
 class Params(Strict):
-    device: str = "cpu"
+    device: Annotated[str, AfterValidator(_device)] = "cpu"
     studies: dict[StudyName, StudyParams] = Field(min_length=1)
     tracking: TrackingParams = TrackingParams()
     report: ReportParams = ReportParams()
@@ -401,11 +453,16 @@ class Params(Strict):
         return self.studies[name]
 
 
+def _first_message(exc: ValidationError) -> str:
+    return exc.errors()[0]["msg"].removeprefix("Value error, ")
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    # Drop pydantic's union branch tags ("float", "literal['zeros','default']") from the key.
+    # Drop pydantic's union branch tags ("float", "literal['zeros','default']",
+    # "function-after[_float32(), float]") from the key.
     loc = [str(p) for i, p in enumerate(err["loc"])
-           if str(p) not in ("float", "int", "str", "bool") and not str(p).startswith("literal[")
+           if str(p) not in ("float", "int", "str", "bool") and not re.match(r"[a-z-]+\[", str(p))
            and not (i and err["loc"][i - 1] == "data" and str(p) in DATA_KINDS)]  # a source's kind tag
     key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
@@ -450,12 +507,17 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
+    return validate_params(raw, path)
+
+
+def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
+    """``raw`` (params.yaml as read) as ``Params``; a ``ParamsError`` of one line naming the key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_first_error(exc).replace("params.yaml", str(path), 1)) from None
+        raise ParamsError(_first_error(exc).replace("params.yaml", str(path), 1).replace("\n", " ")) from None
 
 
 # --------------------------------------------------------------------------- variants

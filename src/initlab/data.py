@@ -111,14 +111,37 @@ def _table(src: TableSource) -> dict[str, np.ndarray]:
     if src.target not in df.columns:
         raise ParamsError(f"data.target = {src.target!r} is not a column of {src.path}; "
                           f"allowed: {', '.join(map(str, df.columns))}")  # fmt: skip
+    if len(df) == 0:  # pandas reads a header alone as columns of no type: say so, not "not numeric"
+        raise DataError(f"{src.path}: no rows (a header only); a study needs rows of data")
     features = df.drop(columns=[src.target])
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(f"{src.path}: columns {', '.join(bad)} are not numeric; features must be numbers")
+    header = 2 if src.path.suffix.lower() == ".csv" else None  # a CSV's row 0 is its line 2
+    _check_finite(src.path, df[src.target].isna().to_numpy()[:, None], [src.target], header)
+    x = features.to_numpy(dtype=np.float32)
+    _check_finite(src.path, x, [str(c) for c in features.columns], header)
     classes, y = np.unique(df[src.target].to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"{src.path}: column {src.target!r} holds one class; a study needs two or more")
-    return {"x": features.to_numpy(dtype=np.float32), "y": y.astype(np.int64)}
+    return {"x": x, "y": y.astype(np.int64), "columns": np.array([str(c) for c in features.columns])}
+
+
+def _check_finite(path: Path, x: np.ndarray, columns: list[str] | None = None, first_line: int | None = None,
+                  what: str = "") -> None:  # fmt: skip
+    """Refuse a table with an empty (NaN) or infinite value, naming ``path``, the column and the
+    first bad row (and its line, for a file with a header). A bool ``x`` marks the bad cells."""
+    bad = x if x.dtype == bool else ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
+    if bad is None or not bad.any():
+        return
+    x2, bad2 = x.reshape(len(x), -1), bad.reshape(len(bad), -1)
+    row = int(np.flatnonzero(bad2.any(axis=1))[0])
+    col = int(np.flatnonzero(bad2[row])[0])
+    name = repr(columns[col]) if columns else str(col)
+    value = "empty" if x2.dtype == bool or np.isnan(x2[row, col]) else f"{float(x2[row, col])}"
+    line = f" (line {row + first_line} of the file)" if first_line else ""
+    raise DataError(f"{path}{what}: column {name}, row {row}{line}: {value}; every value must be a finite number; "
+                    "fill or drop that row")  # fmt: skip
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -217,6 +240,42 @@ def download(study: str, sp: StudyParams, paths: Paths) -> Path:
 # --------------------------------------------------------------------------- prepare
 
 
+def check_raw(study: str, paths: Paths) -> None:
+    """The raw files as download wrote them: each listed in its ``SHA256SUMS`` with its hash. A
+    file changed since (edited, truncated, a container with a bad CRC inside) is one line."""
+    from initlab.io import unreadable
+
+    raw = paths.raw(study)
+    if not raw.exists():  # the file prepare reads is named missing, with the stage to run
+        return
+    sums = raw / "SHA256SUMS"
+    try:
+        lines = sums.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise unreadable(sums, exc) from None
+    fix = f"run `dvc repro -f download@{study}`"
+    for line in lines:
+        expected, _, name = line.partition("  ")
+        f = raw / name
+        if not f.is_file():
+            raise DataError(f"{f}: missing (listed in {sums}); {fix}")
+        actual = sha256(f)
+        if actual != expected:
+            raise DataError(f"{f}: changed since download (sha256 {actual}, {sums} says {expected}); {fix}")
+
+
+def _split(refuse: str, *arrays, **kwargs) -> list:
+    """scikit-learn's ``train_test_split``; a split the rows cannot give (too few rows, or of a
+    class) is a ``ParamsError``: ``refuse`` with ``{n}`` (the rows) and ``{why}`` (scikit-learn's
+    reason) filled in, naming the keys that set the rows and the fractions."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(*arrays, **kwargs)
+    except ValueError as exc:
+        raise ParamsError(refuse.format(n=len(arrays[0]), why=" ".join(str(exc).split()))) from None
+
+
 def heart_rate_bpm(ecg_dat: Path, sampling_hz: float, peak_distance: int) -> np.ndarray:
     """Beat-to-beat heart rate (bpm) from R-peaks of the ECG found with scipy.signal.find_peaks."""
     from scipy.signal import find_peaks
@@ -227,14 +286,10 @@ def heart_rate_bpm(ecg_dat: Path, sampling_hz: float, peak_distance: int) -> np.
     return (60.0 * sampling_hz / np.diff(peaks)).astype(np.float32)
 
 
-def _split3(x, y, val: float, test: float, seed: int):
-    from sklearn.model_selection import train_test_split
-
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test, stratify=y, random_state=seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed
+def _split3(x, y, val: float, test: float, seed: int, where: str):
+    x_rest, x_test, y_rest, y_test = _split(where, x, y, test_size=test, stratify=y, random_state=seed)
+    x_train, x_val, y_train, y_val = _split(
+        where, x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed
     )
     return x_train, y_train, x_val, y_val, x_test, y_test
 
@@ -245,33 +300,44 @@ def _balance(y: np.ndarray, n_classes: int) -> list[float]:
 
 def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     """Seeded, stratified train / validation / test splits of one study; returns a summary."""
-    from sklearn.model_selection import train_test_split
-
     raw, src, sp_split = paths.raw(study), sp.data, sp.split
     seed = sp_split.seed
     summary: dict = {"study": study, "seed": seed}
     extra: dict[str, np.ndarray] = {}  # more arrays for the npz
+    fractions = f"val_fraction = {sp_split.val_fraction:g}, test_fraction = {sp_split.test_fraction:g}"
+    where = (f"studies.{study}.split: {{n}} rows are too few to split with {fractions} "
+             "(scikit-learn: {why}); allowed: more rows, or other fractions")  # fmt: skip
+    check_raw(study, paths)  # before reading any of them
     if isinstance(src, LineSource):
         d = read_npz(raw / "line.npz")
-        x_val, x_test, y_val, y_test = train_test_split(
+        x_val, x_test, y_val, y_test = _split(
+            f"studies.{study}.data.holdout_points = {src.holdout_points}: {{n}} held-out points are too few to "
+            f"split with val_fraction = {sp_split.val_fraction:g} (scikit-learn: {{why}}); allowed: more points",
             d["x_holdout"], d["y_holdout"], train_size=sp_split.val_fraction,
             stratify=d["y_holdout"], random_state=seed,
         )  # fmt: skip
         splits = (d["x_train"], d["y_train"], x_val, y_val, x_test, y_test)
+        _check_finite(raw / "line.npz", np.concatenate([d["x_train"], d["x_holdout"]]))
     elif isinstance(src, SklearnSource | TableSource):
         d = read_npz(raw / "data.npz")
+        columns = [str(c) for c in d["columns"]] if "columns" in d else None
+        for k in (k for k in d if k.startswith("x")):
+            _check_finite(raw / "data.npz", d[k], columns, what=f" ({k})")
         if "x_test" in d:  # held-out splits drawn by their own calls: no split of the training rows
             splits = (d["x"], d["y"], d["x_val"], d["y_val"], d["x_test"], d["y_test"])
         else:
-            splits = _split3(d["x"], d["y"], sp_split.val_fraction, sp_split.test_fraction, seed)
+            splits = _split3(d["x"], d["y"], sp_split.val_fraction, sp_split.test_fraction, seed, where)
     elif isinstance(src, EcgSource):
         h = src
         bpm = heart_rate_bpm(raw / "ecg.dat", h.sampling_hz, h.peak_distance)
         # Split on the beat, label after: the threshold may only come from the training split.
         idx = np.arange(len(bpm))
-        i_rest, i_test = train_test_split(idx, test_size=sp_split.test_fraction, random_state=seed)
-        i_train, i_val = train_test_split(
-            i_rest, test_size=sp_split.val_fraction / (1 - sp_split.test_fraction), random_state=seed
+        beats = (f"studies.{study}.data.peak_distance = {h.peak_distance} leaves {{n}} beats in the record, too "
+                 f"few to split with studies.{study}.split's {fractions} (scikit-learn: {{why}}); allowed: a "
+                 "shorter distance between R-peaks (samples; scipy's ECG example: 150)")  # fmt: skip
+        i_rest, i_test = _split(beats, idx, test_size=sp_split.test_fraction, random_state=seed)
+        i_train, i_val = _split(
+            beats, i_rest, test_size=sp_split.val_fraction / (1 - sp_split.test_fraction), random_state=seed
         )
         threshold = float(np.median(bpm[i_train])) if h.threshold_bpm is None else h.threshold_bpm
         lo, hi = float(bpm[i_train].min()), float(bpm[i_train].max())
@@ -296,8 +362,8 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         cls = getattr(torchvision.datasets, src.dataset)
         train, test = cls(raw, train=True, download=False), cls(raw, train=False, download=False)
         x, y = np.asarray(train.data).reshape(len(train.data), -1), np.asarray(train.targets)
-        i_train, i_val = train_test_split(np.arange(len(y)), test_size=sp_split.val_fraction, stratify=y,
-                                          random_state=seed)  # fmt: skip
+        i_train, i_val = _split(where, np.arange(len(y)), test_size=sp_split.val_fraction, stratify=y,
+                                random_state=seed)  # fmt: skip
         x_train, x_val, y_train, y_val = x[i_train], x[i_val], y[i_train], y[i_val]
         extra = {"index_train": i_train, "index_val": i_val}  # rows of the dataset: its order
         x_test = np.asarray(test.data).reshape(len(test.data), -1)
@@ -307,6 +373,12 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     if len(np.unique(y_train)) < 2:
         raise ParamsError(f"studies.{study}.data: every training row is of class {int(y_train[0])}; "
                           "allowed: data with two classes or more (a threshold inside its range)")  # fmt: skip
+    for key, n, rows in (("train_subset", sp_split.train_subset, len(y_train)),
+                         ("test_subset", sp_split.test_subset, len(y_test))):  # fmt: skip
+        if n is not None and n > rows:  # "the first N" of fewer rows would silently be all of them
+            split = key.removesuffix("_subset")
+            raise ParamsError(f"studies.{study}.split.{key} = {n} is more than the {split} split's {rows} rows; "
+                              f"allowed: up to {rows}, or null for all of them")  # fmt: skip
     if sp_split.train_subset:  # the CI profile: a few thousand images
         x_train, y_train = x_train[: sp_split.train_subset], y_train[: sp_split.train_subset]
         n_val = max(sp_split.train_subset // 4, 10)

@@ -4,10 +4,12 @@ stage outputs, whose errors name the broken file and the stage that writes it.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from initlab.config import DataError
+from initlab.config import DataError, Paths
 
 
 def sha256(path: Path) -> str:
@@ -49,41 +51,136 @@ def atomic_path(path: Path) -> Iterator[Path]:
     as it was, so an interrupted stage never leaves a half-written output behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed process
-        pid = old.name.removeprefix(f".{path.name}.").split(".")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed process
+            pid = old.name.removeprefix(f".{path.name}.").split(".")[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        target = tmp / path.name
         yield target
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
+            # Moved aside whole, then replaced: a folder that cannot be moved (immutable, read-only)
+            # fails here with nothing deleted, and the old one is put back if the new cannot go in.
+            old = tmp / f"{path.name}.old"
+            os.replace(path, old)
+            try:
+                os.replace(target, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+        else:
+            os.replace(target, path)
+    except DataError as exc:  # a refused write inside (a file of this folder): named by its real path
+        if tmp is not None and str(exc).startswith(str(tmp / path.name)):
+            raise DataError(str(path) + str(exc)[len(str(tmp / path.name)) :]) from exc
+        raise
+    except (OSError, RuntimeError) as exc:
+        if (refused := write_refused(exc, path, tmp)) is not None:
+            raise refused from exc
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-# The stage that writes each folder of pipeline/, to name in an error about a file there.
-PRODUCERS = {"raw": "download", "prepared": "prepare", "normalize": "normalize", "train": "train",
-             "evaluate": "evaluate", "metrics": "evaluate"}  # fmt: skip
+def check_writable(path: Path) -> None:
+    """Refuse now, not after hours of training, an output ``atomic_path`` could not put in place:
+    its folder takes no new file, or the old output cannot be moved (read-only, immutable)."""
+    path = Path(path)
+    folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())  # made later, not now
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise (write_refused(exc, path) or exc) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DataError(f"{path}: cannot write: the OS says it is not writable (read-only, immutable or "
+                        "another user's); make it writable")  # fmt: skip
+
+
+# What the OS says, in words a user acts on.
+_ERRNO_FIX = {
+    errno.ENOSPC: "the disk is full; free some space",
+    errno.EDQUOT: "the disk quota is used up; free some space",
+    errno.EFBIG: "the file is larger than allowed (the disk, or `ulimit -f`); free space or raise the limit",
+    errno.EROFS: "the file system is read-only; write elsewhere or remount it",
+    errno.EACCES: "no permission to write there; make it writable",
+    errno.EPERM: "the OS refused the change (an immutable file or folder? `lsattr`, `chattr -i`); "
+                 "make it writable",
+}
+
+
+def _in_torch_save(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of ``torch.save``, whose file writer turns the OS's refusal into a
+    RuntimeError of its own words ("iostream error", "unexpected pos"): its frames say so."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        in_torch = Path(code.co_filename).parts[-2:] == ("torch", "serialization.py")
+        if in_torch and code.co_name in ("save", "_save"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def write_refused(exc: BaseException, path: Path, tmp: Path | None = None) -> DataError | None:
+    """One line for a write the OS refused while writing ``path`` (through ``tmp``, its temporary):
+    the path (``path``'s own, not the temporary's) and what the OS said; None for another error.
+    torch's file writer reports a refused write as a RuntimeError without the OS's reason: the
+    free space is said instead."""
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_FIX:
+        where = str(exc.filename or path)
+        if tmp is not None and where.startswith(str(tmp)):
+            where = str(path) + where[len(str(tmp / path.name)) :]
+        elif Path(where).name.startswith(f".{path.name}.") and where.endswith(".tmp"):  # making the temporary
+            where = str(path)
+        said = exc.strerror or type(exc).__name__
+        return DataError(f"{where}: cannot write: {said} (errno {exc.errno}); {_ERRNO_FIX[exc.errno]}")
+    if isinstance(exc, RuntimeError) and _in_torch_save(exc):
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        return DataError(f"{path}: cannot write: the OS refused a write ({free:,} bytes free on its disk; "
+                         "a full disk or `ulimit -f`); free some space or raise the limit")  # fmt: skip
+    return None
+
+
+# The stage that writes each per-study output, by the ``Paths`` method that names it.
+PRODUCERS = {"raw": "download", "prepared": "prepare", "norm_stats": "normalize", "trained": "train",
+             "evaluated": "evaluate", "variants": "evaluate", "curves": "evaluate", "layers": "evaluate",
+             "metrics": "evaluate"}  # fmt: skip
+_STUDY = "\0study\0"  # a study name no path holds
+
+
+def producer(path: Path) -> tuple[str, str] | None:
+    """``(stage, study)`` of the stage that writes ``path`` (or a file inside it), found by matching
+    it against the ``Paths`` of each per-study output: ``pipeline/evaluate/line_variants.csv`` is
+    evaluate's of line, not of "line_variants"; None off pipeline/."""
+    parts = Path(path).parts
+    if "pipeline" not in parts:
+        return None
+    rel = Path(*parts[parts.index("pipeline") :]).as_posix()
+    outs = [(getattr(Paths(Path()), method)(_STUDY), stage) for method, stage in PRODUCERS.items()]
+    outs.append((Paths(Path()).prepared(_STUDY).with_suffix(".json"), "prepare"))  # its summary, beside it
+    # The most specific first: <study>_variants.csv before <study>.csv.
+    for out, stage in sorted(outs, key=lambda o: -len(o[0].as_posix())):
+        pattern = re.escape(out.as_posix()).replace(re.escape(_STUDY), "([a-z][a-z0-9_]*)")
+        if m := re.fullmatch(pattern + "(/.*)?", rel):
+            return stage, m.group(1)
+    return None
 
 
 def _fix(path: Path) -> str:
     """"; run `dvc repro -f prepare@line`" for pipeline/prepared/line.npz; "" off pipeline/."""
-    parts = Path(path).parts
-    if "pipeline" in parts:
-        rest = parts[parts.index("pipeline") + 1 :]
-        if len(rest) > 1 and rest[0] in PRODUCERS:
-            return f"; run `dvc repro -f {PRODUCERS[rest[0]]}@{Path(rest[1]).name.split('.')[0]}`"
-    return ""
+    found = producer(path)
+    return f"; run `dvc repro -f {found[0]}@{found[1]}`" if found else ""
 
 
 def unreadable(path: Path, exc: BaseException) -> DataError:
     """One line naming a stage input that is missing or broken, and the stage that writes it."""
-    why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({type(exc).__name__}: {exc})"
-    return DataError(f"{path}: {why}{_fix(path)}".replace("\n", " "))
+    said = (str(exc).strip().splitlines() or [""])[0][:300]  # torch's weights_only refusal is a page
+    why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({type(exc).__name__}: {said})"
+    return DataError(f"{path}: {why}{_fix(path)}")
 
 
 def _check_study(path: Path, found: Any, study: str | None) -> None:

@@ -13,7 +13,13 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from annotated_types import Ge, Gt, Le
+
+# An initialiser's keyword arguments are checked against these annotations (``initlab.config``).
+Mode = Literal["fan_in", "fan_out"]
+Nonlinearity = Literal["linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]  # torch's calculate_gain
 
 
 class _Lazy:
@@ -68,7 +74,7 @@ def uniform(
 
 
 def normal(
-    w: Tensor, generator: torch.Generator | None = None, *, mean: float = 0.0, std: float = 1.0
+    w: Tensor, generator: torch.Generator | None = None, *, mean: float = 0.0, std: Annotated[float, Ge(0)] = 1.0
 ) -> Tensor:
     """w ~ N(mean, std^2) (seed 003)."""
     return nn.init.normal_(w, mean, std, generator=generator)
@@ -86,7 +92,7 @@ def normal_rule(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 def xavier_uniform(
-    w: Tensor, generator: torch.Generator | None = None, *, gain: float = 1.0
+    w: Tensor, generator: torch.Generator | None = None, *, gain: Annotated[float, Gt(0)] = 1.0
 ) -> Tensor:
     """w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)).
 
@@ -97,7 +103,7 @@ def xavier_uniform(
 
 
 def xavier_normal(
-    w: Tensor, generator: torch.Generator | None = None, *, gain: float = 1.0
+    w: Tensor, generator: torch.Generator | None = None, *, gain: Annotated[float, Gt(0)] = 1.0
 ) -> Tensor:
     """w ~ N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
     return nn.init.xavier_normal_(w, gain=gain, generator=generator)
@@ -107,8 +113,8 @@ def kaiming_uniform(
     w: Tensor,
     generator: torch.Generator | None = None,
     *,
-    mode: str = "fan_in",
-    nonlinearity: str = "relu",
+    mode: Mode = "fan_in",
+    nonlinearity: Nonlinearity = "relu",
     a: float = 0.0,
 ) -> Tensor:
     """w ~ U(-bound, bound), bound = gain * sqrt(3 / fan_mode), gain = calculate_gain(nonlinearity, a).
@@ -122,8 +128,8 @@ def kaiming_normal(
     w: Tensor,
     generator: torch.Generator | None = None,
     *,
-    mode: str = "fan_in",
-    nonlinearity: str = "relu",
+    mode: Mode = "fan_in",
+    nonlinearity: Nonlinearity = "relu",
     a: float = 0.0,
 ) -> Tensor:
     """w ~ N(0, std^2), std = gain / sqrt(fan_mode) (He et al. 2015)."""
@@ -147,14 +153,17 @@ def lecun_normal(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fans(w)[0]), generator=generator)
 
 
-def large_random(w: Tensor, generator: torch.Generator | None = None, *, scale: float = 10.0) -> Tensor:
+def large_random(w: Tensor, generator: torch.Generator | None = None, *,
+                 scale: Annotated[float, Gt(0)] = 10.0) -> Tensor:
     """w ~ scale * N(0, 1), scale = 10: the "large random" start of deeplearning.ai's
     initialisation exercise (``np.random.randn(n_l, n_{l-1}) * 10``), which saturates the sigmoid
     output at once: its loss starts near infinity and training crawls."""
     return nn.init.normal_(w, 0.0, scale, generator=generator)
 
 
-def orthogonal(w: Tensor, generator: torch.Generator | None = None, *, gain: float = 1.0) -> Tensor:
+def orthogonal(
+    w: Tensor, generator: torch.Generator | None = None, *, gain: Annotated[float, Gt(0)] = 1.0
+) -> Tensor:
     """w = gain * Q, Q the orthogonal factor of a QR decomposition of a N(0, 1) matrix (signs
     fixed by R's diagonal), so its rows (or columns, whichever are fewer) are orthonormal: every
     singular value is ``gain`` and a deep linear net keeps the norm of its signal.
@@ -166,7 +175,8 @@ def orthogonal(w: Tensor, generator: torch.Generator | None = None, *, gain: flo
 
 
 def lsuv(
-    w: Tensor, generator: torch.Generator | None = None, *, tol: float = 0.1, max_rounds: int = 10
+    w: Tensor, generator: torch.Generator | None = None, *, tol: Annotated[float, Gt(0)] = 0.1,
+    max_rounds: Annotated[int, Gt(0), Le(1000)] = 10
 ) -> Tensor:
     """Layer-sequential unit variance: an orthonormal start (``orthogonal``, gain 1), then, first
     layer to last, the layer's weight divided by the standard deviation of its output (the
@@ -275,6 +285,16 @@ class Loss:
     fn: Callable[[Tensor, Tensor], Tensor]
     on_logits: bool  # False: the head applies sigmoid (binary) or softmax (multi-class) first
     class_targets: bool  # True: integer class targets; False: one-hot / {0, 1} floats
+    # The numbers of classes it is meant for: a binary cross-entropy on three one-hot columns
+    # trains three one-vs-rest models without a word; cross-entropy needs one output per class.
+    min_classes: int = 2
+    max_classes: int | None = None
+
+    def classes_allowed(self) -> str:
+        if self.max_classes == self.min_classes:
+            return f"{self.min_classes} classes"
+        return f"{self.min_classes} classes or more" if self.max_classes is None else \
+            f"{self.min_classes} to {self.max_classes} classes"
 
     @property
     def formula(self) -> str:
@@ -284,7 +304,7 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     "l1": Loss(l1, on_logits=False, class_targets=False),
     "mse": Loss(mse, on_logits=False, class_targets=False),
-    "bce": Loss(bce, on_logits=False, class_targets=False),
-    "bce_logits": Loss(bce_logits, on_logits=True, class_targets=False),
-    "cross_entropy": Loss(cross_entropy, on_logits=True, class_targets=True),
+    "bce": Loss(bce, on_logits=False, class_targets=False, max_classes=2),
+    "bce_logits": Loss(bce_logits, on_logits=True, class_targets=False, max_classes=2),
+    "cross_entropy": Loss(cross_entropy, on_logits=True, class_targets=True, min_classes=3),
 }

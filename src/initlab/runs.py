@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,43 @@ def _same_rows(a, b) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def _shapes(arch_json: str) -> dict[str, tuple]:
+    """The state_dict shapes of a model of ``arch`` (``build_module``'s), built once per architecture."""
+    if arch_json not in _SHAPES:
+        from initlab.models import build_module
+
+        module = build_module(**json.loads(arch_json))
+        _SHAPES[arch_json] = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return _SHAPES[arch_json]
+
+
+_SHAPES: dict[str, dict[str, tuple]] = {}
+
+
+def check_weights(path: Path, blob: bytes, arch: dict) -> None:
+    """``blob`` (the file ``path``) loads with ``weights_only`` (no code runs from it) as the
+    state_dict of a model of ``arch``; else a ``DataError`` naming the file and the stage to re-run."""
+    import io
+
+    import torch
+
+    from initlab.io import unreadable
+
+    try:
+        with warnings.catch_warnings():  # torch warns of a pickle protocol before refusing the file
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - whatever a broken or hostile file raises: it is unreadable
+        # torch's own words are a page on its weights_only default; say what it means here.
+        raise unreadable(path, ValueError(f"{type(exc).__name__}: no weights that load with weights_only=True: "
+                                          "corrupt, or a pickle carrying code, which is never run")) from None
+    want = _shapes(json.dumps(arch, sort_keys=True))
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(state, dict) else None  # fmt: skip
+    if got is None or got != want or len(state) != len(want):
+        raise unreadable(path, ValueError(f"not the state_dict of its model {arch['sizes']}"))
 
 
 def run_key(weights: bytes, shown: list, curves: dict[str, np.ndarray]) -> str:
@@ -161,7 +199,9 @@ def _trained_run(params, study, sp, folder, curves, layers, row, arch_json, comm
                if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
                and math.isfinite(v)}  # fmt: skip
     shown = [study, name, row, tags, p, params.tracking.model_dump(), parent_key]
-    key = run_key(weights.read_bytes(), shown, {**mine, **{f"layers/{k}": v for k, v in mine_layers.items()}})
+    blob = weights.read_bytes()
+    check_weights(weights, blob, arch)  # before any store is opened: a broken one changes nothing there
+    key = run_key(blob, shown, {**mine, **{f"layers/{k}": v for k, v in mine_layers.items()}})
     secs = seconds.get(name)
     secs = secs if isinstance(secs, float) and math.isfinite(secs) else None
     if secs is not None:

@@ -100,22 +100,48 @@ def _sqlite_ready(uri: str, db: Path) -> None:
             raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {db} is not a whole MLflow store "
                              f"({reason}); move it aside (mv {db} {db}.broken) and run again, "
                              "which logs every model to a new store") from None  # fmt: skip
+        _writable(uri, db)
         return
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    db.parent.mkdir(parents=True, exist_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
+        db.parent.mkdir(parents=True, exist_ok=True)
         SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
         if db.exists() and db.stat().st_size == 0:  # an empty file: nothing in it to keep
             os.replace(tmp, db)
         else:  # never replace: another process may have linked its store meanwhile, and be using it
             with contextlib.suppress(FileExistsError):  # another process created it first: use it
                 os.link(tmp, db)
+    except Exception as exc:  # noqa: BLE001 - the OS's refusal, through SQLAlchemy or MLflow
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: cannot create the store {db} in {db.parent} ({said}); "
+                         "make the folder writable, or point MLFLOW_TRACKING_URI elsewhere") from None  # fmt: skip
     finally:
         for f in db.parent.glob(f"{tmp.name}*"):
             f.unlink(missing_ok=True)
+
+
+def _writable(uri: str, db: Path) -> None:
+    """Write to the store in a transaction rolled back, changing nothing: a store the OS will not let us
+    write (a read-only or immutable file or folder) is one line now, before MLflow's first write."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(db, timeout=10, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:  # SQLite opens a file it may not write read-only, silently: only a write tells
+                con.execute("CREATE TABLE initlab_write_probe (x)")
+            finally:
+                con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {db} cannot be written ({exc}); make it and its "
+                         "folder writable (SQLite writes -wal and -shm files beside it)") from None  # fmt: skip
 
 
 def _reach(uri: str, timeout: float) -> None:

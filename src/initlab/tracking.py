@@ -176,16 +176,38 @@ def end_orphans(cl, experiment: str) -> int:
 
 def finished_keys(cl, experiment: str) -> dict[str, str]:
     """``initlab.run_key`` -> run id of the FINISHED runs of ``experiment`` (the latest of equals)."""
-    keys: dict[str, str] = {}
+    return {key: runs[0].info.run_id for key, runs in store_runs(cl, experiment, "FINISHED").items()}
+
+
+def store_runs(cl, experiment: str, status: str | None = None) -> dict[str, list]:
+    """``initlab.run_key`` -> the runs of ``experiment`` (not deleted) with that key, latest first;
+    of one ``status`` only when given."""
+    keys: dict[str, list] = {}
     token = None
     while True:
-        page = cl.search_runs([experiment], "attributes.status = 'FINISHED'", max_results=10_000,
-                              order_by=["attributes.start_time DESC"], page_token=token)  # fmt: skip
+        page = cl.search_runs([experiment], f"attributes.status = '{status}'" if status else "",
+                              max_results=10_000, order_by=["attributes.start_time DESC"],
+                              page_token=token)  # fmt: skip
         for run in page:
             if key := run.data.tags.get(RUN_KEY_TAG):
-                keys.setdefault(key, run.info.run_id)
+                keys.setdefault(key, []).append(run)
         if not (token := page.token):
             return keys
+
+
+def sweep_litter(cl, runs: dict[str, list]) -> int:
+    """Delete (MLflow's soft delete: hidden, purged by ``mlflow gc``) every FAILED or KILLED run
+    whose key a FINISHED run holds: the leftover of an interrupted ``track`` that a later one
+    completed. Returns how many; ``runs`` (``store_runs``) loses them."""
+    deleted = 0
+    for same in runs.values():
+        if any(r.info.status == "FINISHED" for r in same):
+            for r in [r for r in same if r.info.status in ("FAILED", "KILLED")]:
+                with deferred_signals(is_sql(tracking_uri())):
+                    cl.delete_run(r.info.run_id)
+                same.remove(r)
+                deleted += 1
+    return deleted
 
 
 @contextlib.contextmanager
@@ -213,31 +235,75 @@ def new_run(cl, experiment: str, name: str, tags: dict, seconds: float | None = 
 
 
 def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int, models: ModelWriter | None,
-                dataset) -> tuple[str, dict[str, str]]:  # fmt: skip
+                dataset, runs: dict[str, list] | None = None) -> tuple[str, dict[str, str], int, int]:  # fmt: skip
     """``v`` as a parent run (its mean, interval and verdict) with one nested run per seed (its
-    curves, metrics, dataset and model); returns the parent's id and the seeds' run ids."""
+    curves, metrics, dataset and model); returns the parent's id, the seeds' run ids, how many
+    seeds' runs it logged and how many leftover runs it deleted.
+
+    A variant a failed ``track`` left part-logged (``runs``: ``store_runs`` of the experiment) is
+    completed, not logged again: its parent run is reused and ended FINISHED, a seed already
+    FINISHED under it is kept, and the seeds missing are logged; the FAILED or KILLED runs of its
+    keys are deleted (soft), so no FAILED twin stays beside a FINISHED run."""
+    runs = runs or {}
+    mine = [r for key in (v.key, *(c.key for c in v.runs)) for r in runs.get(key, [])]
+    earlier = runs.get(v.key, [])
+    parent_run = next((r for r in earlier if r.info.status == "FINISHED"), earlier[0] if earlier else None)
+    sql = is_sql(tracking_uri())
+    deleted = 0
+    for r in mine:  # leftovers: a failed parent is reused, not deleted
+        if r.info.status in ("FAILED", "KILLED") and r is not parent_run:
+            with deferred_signals(sql):
+                cl.delete_run(r.info.run_id)
+            deleted += 1
+    if parent_run is None:
+        longest = max((r.seconds or 0.0 for r in v.runs), default=0.0)
+        with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent_info:
+            ids, logged = _log_seeds(cl, experiment, v, parent_info.run_id, tags, max_points, models, dataset,
+                                     runs, log_metrics=True)  # fmt: skip
+        return parent_info.run_id, ids, logged, deleted
+    parent = parent_run.info.run_id
+    ids, logged = _log_seeds(cl, experiment, v, parent, tags, max_points, models, dataset, runs,
+                             log_metrics=set(v.metrics) - set(parent_run.data.metrics) != set())  # fmt: skip
+    if parent_run.info.status != "FINISHED":
+        with deferred_signals(sql):
+            cl.set_terminated(parent, "FINISHED")
+    return parent, ids, logged, deleted
+
+
+def _log_seeds(cl, experiment: str, v: VariantRun, parent: str, tags: dict, max_points: int,
+               models: ModelWriter | None, dataset, runs: dict[str, list],
+               log_metrics: bool) -> tuple[dict[str, str], int]:  # fmt: skip
+    """The parent's metrics (when ``log_metrics``) and each seed's run not already FINISHED under
+    ``parent`` (one FINISHED under another parent of the variant is moved under this one)."""
     from mlflow.entities import Metric
 
     sql = is_sql(tracking_uri())
     now = int(time.time() * 1000)
-    longest = max((r.seconds or 0.0 for r in v.runs), default=0.0)
-    ids = {}
-    with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent_info:
-        parent = parent_info.run_id
+    ids, logged = {}, 0
+    if log_metrics:
         with deferred_signals(sql):
             log_batch(cl, parent, [Metric(k, x, now, 0) for k, x in v.metrics.items()], [])
-        for r in v.runs:
-            child_tags = {**tags, **r.tags, RUN_KEY_TAG: r.key, "mlflow.parentRunId": parent}
-            with new_run(cl, experiment, f"seed {r.tags['seed']}", child_tags, r.seconds) as info:
-                run_id = info.run_id
-                metrics, params = run_contents(r, max_points)
+    for r in v.runs:
+        done = [x for x in runs.get(r.key, []) if x.info.status == "FINISHED"]
+        if done:
+            kept = next((x for x in done if x.data.tags.get("mlflow.parentRunId") == parent), done[0])
+            if kept.data.tags.get("mlflow.parentRunId") != parent:
                 with deferred_signals(sql):
-                    log_batch(cl, run_id, metrics, params)
-                    cl.log_inputs(run_id, datasets=[dataset])
-                if models is not None:
-                    save_model(cl, info, r, models)
-                ids[r.run_name] = run_id
-    return parent, ids
+                    cl.set_tag(kept.info.run_id, "mlflow.parentRunId", parent)
+            ids[r.run_name] = kept.info.run_id
+            continue
+        child_tags = {**tags, **r.tags, RUN_KEY_TAG: r.key, "mlflow.parentRunId": parent}
+        with new_run(cl, experiment, f"seed {r.tags['seed']}", child_tags, r.seconds) as info:
+            run_id = info.run_id
+            metrics, params = run_contents(r, max_points)
+            with deferred_signals(sql):
+                log_batch(cl, run_id, metrics, params)
+                cl.log_inputs(run_id, datasets=[dataset])
+            if models is not None:
+                save_model(cl, info, r, models)
+            ids[r.run_name] = run_id
+            logged += 1
+    return ids, logged
 
 
 def save_model(cl, info, r: TrainedRun, models: ModelWriter) -> None:
@@ -285,6 +351,7 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
     from tqdm.auto import tqdm
 
     uri, settings = tracking_uri(), params.tracking
+    datasets = {study: dataset_input(study, paths) for study in studies}  # read before the store is opened
     cl = open_client(uri, settings.store_timeout_s)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout
@@ -293,7 +360,7 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
     tags = {"git_commit": commit.strip() or "unknown", OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
     if os.environ.get("DVC_EXP_NAME"):  # set by DVC in `dvc exp run` (queued ones included)
         tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
-    out: dict = {"runs": {}, "parents": {}, "logged": 0, "skipped": 0, "orphans": 0}
+    out: dict = {"runs": {}, "parents": {}, "logged": 0, "skipped": 0, "orphans": 0, "deleted": 0}
     total = sum(len(v.runs) for vs in studies.values() for v in vs)
     with tempfile.TemporaryDirectory(prefix="initlab-models-") as scratch, \
             tqdm(total=total, desc=f"track {next(iter(studies), '')}", unit="run",
@@ -305,8 +372,11 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                 with store_lock(uri, f"track-{study}"):  # a second `track` of the study finds them logged
                     name = f"initlab-{study}"
                     if cl.get_experiment_by_name(name) is None:
-                        with contextlib.suppress(Exception):  # created meanwhile by another process
+                        try:
                             cl.create_experiment(name, artifact_location=artifact_location(name))
+                        except Exception:
+                            if cl.get_experiment_by_name(name) is None:  # not created meanwhile by another
+                                raise
                     experiment = cl.get_experiment_by_name(name)
                     exp = experiment.experiment_id
                     if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
@@ -315,25 +385,33 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                                          "remove it for good (`mlflow gc`), then run track again")  # fmt: skip
                     cl.set_experiment_tag(exp, "mlflow.experimentKind", "custom_model_development")  # runs first
                     out["orphans"] += end_orphans(cl, exp)
-                    done = finished_keys(cl, exp)
+                    runs = store_runs(cl, exp)
+                    out["deleted"] += sweep_litter(cl, runs)
+                    done = {key: r.info.run_id for key, same in reversed(runs.items()) for r in reversed(same)
+                            if r.info.status == "FINISHED"}  # the latest FINISHED of each key
                     out["runs"][study] = ids = {}
                     out["parents"][study] = parents = {}
-                    dataset = dataset_input(study, paths)
                     for v in variants:
                         if v.key in done and all(r.key in done for r in v.runs):
                             parents[v.name] = done[v.key]
                             ids.update({r.run_name: done[r.key] for r in v.runs})
                             out["skipped"] += len(v.runs)
                         else:
-                            parents[v.name], mine = log_variant(cl, exp, v, tags, settings.max_points_per_metric,
-                                                                models, dataset)  # fmt: skip
+                            parents[v.name], mine, logged, deleted = log_variant(
+                                cl, exp, v, tags, settings.max_points_per_metric, models, datasets[study], runs)
                             ids.update(mine)
-                            out["logged"] += len(v.runs)
+                            out["logged"] += logged
+                            out["deleted"] += deleted
+                            out["skipped"] += len(v.runs) - logged
                         bar.update(len(v.runs))
         except (ParamsError, DataError, StoreError):  # already one line naming the file or store
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow's, SQLAlchemy's or requests' error, in one line
+            from initlab.io import write_refused
+
+            refused = write_refused(exc, Path(getattr(exc, "filename", None) or "mlruns"))
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: logging failed after {out['logged']} runs: "
-                             f"{type(exc).__name__}: {first[:300]}") from exc  # fmt: skip
+            said = str(refused) if refused else f"{type(exc).__name__}: {first[:300]}"
+            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: logging failed after {out['logged']} runs "
+                             f"(the next track logs the rest): {said}") from exc  # fmt: skip
     return out
