@@ -19,13 +19,13 @@ runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
 
 
-def test_the_cli_has_one_command_per_dvc_stage_the_bench_and_the_server():
+def test_the_cli_has_one_command_per_dvc_stage_the_bench_verify_and_the_server():
     import typer
 
     stages = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/dvc.yaml"))["stages"]
     commands = {s.get("do", s)["cmd"].split()[1] for s in stages.values()}
-    assert set(typer.main.get_command(app).commands) == commands | {"bench", "server"}
-    for command in commands:  # each explains itself
+    assert set(typer.main.get_command(app).commands) == commands | {"bench", "verify", "server"}
+    for command in commands | {"verify"}:  # each explains itself
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and len(result.output.splitlines()) > 5, command
 

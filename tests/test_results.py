@@ -85,8 +85,9 @@ def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching
     ranked = compare_row(CompareRow(**row, show="rank", digits=0, label="accuracy"), df)
     # b beats a on every seed by 1-2 points while seeds spread by 10: paired over seeds, a is worse
     # (its interval overlaps b's; an unpaired look would call them a tie)
-    assert ranked == ("| 001 | c | t | best by accuracy: b 72 %; indistinguishable from it (paired t-test, "
-                      "Holm): none; worse: 2 |")
+    # three seeds cannot push a corrected p below 0.005: both "worse" verdicts are marked marginal
+    assert ranked == ("| 001 | c | t | top by accuracy (the highest mean and those indistinguishable from it, "
+                      "paired t-test, Holm): b 72 %; worse: 2; marginal (0.005 <= p < 0.1): a, c |")
     assert compare_row(CompareRow(**{**row, "where": {"loss": "l1"}}), df) is None  # no such runs: no row
 
 

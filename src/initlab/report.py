@@ -450,7 +450,7 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
 
         v = verdicts(r.assign(variant=r[row.rank_by].astype(str)), row.metric).set_index("variant")
         fmt = lambda k: f"{k} {100 * v.loc[k, 'mean']:.{row.digits}f} %"  # noqa: E731
-        from initlab.stats import marginal
+        from initlab.stats import MARGINAL, marginal
 
         top = v[v["verdict"].isin(["best", "indistinguishable"])].sort_values("mean", ascending=False)
         edge = [k for k in v.index if marginal(v.loc[k, "p_vs_best"])]
@@ -458,7 +458,7 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
         ours = (f"top by {row.label or row.metric} (the highest mean and those indistinguishable from it, "
                 f"paired t-test, Holm): {', '.join(map(fmt, top.index))}; "
                 f"worse: {int((v['verdict'] == 'worse').sum())}"
-                + (f"; marginal (0.01 <= p < 0.1): {', '.join(edge)}" if edge else ""))  # fmt: skip
+                + (f"; marginal ({MARGINAL[0]} <= p < {MARGINAL[1]}): {', '.join(edge)}" if edge else ""))  # fmt: skip
     elif row.show == "percent":
         ours = f"{100 * values.mean():.{row.digits}f} %"
     elif row.show == "mean_std":
