@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from conftest import REPO
 from initlab import bench
 
 
@@ -142,3 +145,22 @@ def test_timed_repro_times_each_stage_from_dvcs_lines_and_names_a_failure(tmp_pa
     assert stages["train@x"] + stages["report"] == pytest.approx(total, abs=0.05)
     with pytest.raises(RuntimeError, match="(?s)dvc repro failed.*done"):
         bench.timed_repro(tmp_path, {**env, "FAKE_RC": "1"})
+
+
+def test_summary_prints_the_platform_and_each_mkl_branchs_cost_and_bits():
+    r = json.loads((REPO / "reports" / "bench.json").read_text())
+    text = "\n".join(bench.summary_lines(r))
+    assert "platform: " in text and "MKL runs its '" in text
+    for branch in ("unset", "AVX2", "AVX2,STRICT", "COMPATIBLE"):
+        assert f"MKL_CBWR={branch} " in text
+    assert "(1.00x of unset), the same bits" in text
+
+
+def test_each_mkl_branch_is_timed_in_its_own_process_and_compared_bit_for_bit():
+    from initlab.machine import CBWR_BRANCHES, cbwr_branches
+
+    out = cbwr_branches()
+    assert list(out) == list(CBWR_BRANCHES)
+    assert out["unset"]["same_bits_as_unset"] and out["unset"]["ratio"] == 1.0
+    assert all(r["gflops"] > 0 for r in out.values())
+    assert out["COMPATIBLE"]["same_bits_as_unset"] is False  # its SSE-era code path rounds otherwise, on any CPU

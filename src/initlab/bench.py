@@ -450,7 +450,7 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     from initlab.machine import cbwr_branches
 
     progress("MKL's reproducibility branches (MKL_CBWR) on the first layer's bmm ...")
-    out["mkl_cbwr"] = cbwr_branches()
+    out["mkl_cbwr"] = {"platform": out["machine"]["platform"], "branches": cbwr_branches()}
     progress("(c) float32 GEMM rate ...")
     gemm_before = gemm_gflops(device=device)
     runs_a, runs_b, runs_b0, runs_plain, runs_func = [], [], [], [], []
@@ -523,11 +523,11 @@ def platform_lines(r: dict) -> list[str]:
     """The platform that decides the bits, and what each MKL CNR branch costs on it."""
     from initlab.machine import describe
 
-    pf = r["machine"].get("platform")
-    if not pf:
+    if "mkl_cbwr" not in r:
         return []
+    pf = r["mkl_cbwr"]["platform"]
     lines = [f"platform: {describe(pf)}; MKL runs its '{pf['mkl_code_path']}' path, CNR {pf['mkl_cnr']}"]
-    for branch, b in r.get("mkl_cbwr", {}).items():
+    for branch, b in r["mkl_cbwr"]["branches"].items():
         if "gflops" in b:
             bits = "the same bits" if b.get("same_bits_as_unset") else "other bits"
             lines.append(f"    MKL_CBWR={branch:<12} {b['gflops']:6.1f} GFLOP/s ({b['ratio']:.2f}x of unset), {bits}")
