@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from initlab import bench
+from initlab.bench import measure as bench
 
 
 def test_executed_flops_skip_only_the_input_gradient():
@@ -64,7 +64,7 @@ def test_summary_names_the_median_of_repeated_track_timings():
 def test_the_peers_train_what_they_claim(loss, sizes, activation):
     """torch.func ensembling of one model is the plain loop's model, step for step: the same
     draws, batches and optimiser; and both lower the loss (so the times compare real training)."""
-    from initlab import peers
+    from initlab.bench import peers
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, sizes[0], generator=g)
@@ -88,7 +88,7 @@ def test_scaling_table_lists_each_configuration():
 def test_the_ceiling_times_exactly_the_products_a_step_executes(sizes):
     """Wide and narrow layers alike: the products ``matmul_ceiling`` times are the step's executed
     FLOPs, each pair multipliable and as large as the layer's forward, weight or input gradient."""
-    from initlab.models import StackedMLP
+    from initlab.nets.models import StackedMLP
 
     model, batch = StackedMLP(3, sizes), 7
     pairs = bench.step_matmuls(model, batch)

@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from initlab.cli import app
-from initlab.config import ParamsError, load_params
-from initlab.io import read_npz
+from initlab.core.io import read_npz
+from initlab.errors import ParamsError
+from initlab.params.schema import load_params
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
@@ -107,7 +108,7 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
 def test_the_report_names_the_profile_its_numbers_come_from(tmp_path):
     """Default params ran no profile; params with the profile's values set ran it, and the note
     gives the command for each other profile."""
-    from initlab.report import profile_note
+    from initlab.report.render import profile_note
 
     default = load_params().study("depth")
     assert "Profile: **default**" in profile_note("depth", default)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from initlab import data
-from initlab.config import Paths
-from initlab.io import read_json, read_npz, sha256
+from initlab.core.io import read_json, read_npz, sha256
+from initlab.data import datasets as data
+from initlab.params.paths import Paths
 
 
 def test_line_is_seed_000s_training_set_and_a_disjoint_holdout(small_root):
@@ -30,7 +30,7 @@ def test_circles_splits_are_disjoint_and_cover_the_data(small_root):
 
 
 def test_heart_rate_splits_are_disjoint_beats_and_cover_the_record(small_root, params):
-    from initlab.data import heart_rate_bpm
+    from initlab.data.datasets import heart_rate_bpm
 
     d = read_npz(small_root.prepared("heart_rate"))
     h = params.study("heart_rate").data
@@ -108,7 +108,8 @@ def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch, params):
 def test_a_table_study_needs_its_files_hash_and_numeric_features(tmp_path, monkeypatch):
     import pandas as pd
 
-    from initlab.config import DataError, ParamsError, StudyParams
+    from initlab.errors import DataError, ParamsError
+    from initlab.params.schema import StudyParams
 
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.4], "b": [1, 2, 3, 4], "y": ["no", "yes", "no", "yes"]}).to_csv(
@@ -139,9 +140,9 @@ def test_deeplearning_ai_circles_are_the_exercises_own_draws(tmp_path, params):
     validation is a third, separate draw."""
     import sklearn.datasets
 
-    from initlab import data
-    from initlab.config import Paths
-    from initlab.io import read_npz
+    from initlab.core.io import read_npz
+    from initlab.data import datasets as data
+    from initlab.params.paths import Paths
 
     paths = Paths(tmp_path)
     sp = params.study("circles_dlai")
@@ -161,7 +162,7 @@ def test_deeplearning_ai_circles_are_the_exercises_own_draws(tmp_path, params):
 
 
 def _table_study(**data):
-    from initlab.config import StudyParams
+    from initlab.params.schema import StudyParams
 
     return StudyParams.model_validate({
         "title": "t", "data": {"kind": "table", "path": "t.csv", "target": "y", **data}, "split": {},
@@ -176,7 +177,7 @@ def _table_study(**data):
     ("a,b,y\n", "t.csv: no rows (a header only)"),
 ])  # fmt: skip
 def test_a_table_with_a_hole_names_the_file_the_column_and_the_first_bad_row(tmp_path, monkeypatch, csv, message):
-    from initlab.config import DataError
+    from initlab.errors import DataError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.csv").write_text(csv)
@@ -196,7 +197,7 @@ def _rewrite_raw(paths: Paths, study: str, name: str, **arrays) -> None:
 
 
 def test_prepare_checks_every_value_it_reads(tmp_path, monkeypatch):
-    from initlab.config import DataError
+    from initlab.errors import DataError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.csv").write_text("a,b,y\n" + "".join(f"{i / 10},{i},{i % 2}\n" for i in range(20)))
@@ -213,7 +214,7 @@ def test_prepare_checks_every_value_it_reads(tmp_path, monkeypatch):
 def test_prepare_refuses_a_raw_file_changed_since_download(small_root, tmp_path, params):
     import shutil
 
-    from initlab.config import DataError
+    from initlab.errors import DataError
 
     paths = Paths(tmp_path)
     shutil.copytree(small_root.raw("line"), paths.raw("line"))
@@ -240,7 +241,7 @@ def test_prepare_refuses_a_raw_file_changed_since_download(small_root, tmp_path,
 def test_params_the_data_cannot_take_are_refused_at_prepare(small_root, tmp_path, params, study, change, message):
     import shutil
 
-    from initlab.config import ParamsError
+    from initlab.errors import ParamsError
 
     paths = Paths(tmp_path)
     shutil.copytree(small_root.raw(study), paths.raw(study))
@@ -253,7 +254,7 @@ def test_params_the_data_cannot_take_are_refused_at_prepare(small_root, tmp_path
 
 
 def test_too_few_table_rows_for_the_split_name_the_split(tmp_path, monkeypatch):
-    from initlab.config import ParamsError
+    from initlab.errors import ParamsError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.csv").write_text("a,y\n0.1,0\n0.2,1\n0.3,0\n")

@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from initlab.config import StudyTrain, Variant
-from initlab.diagnostics import layer_stats
-from initlab.models import StackedMLP
-from initlab.train import GroupLoss, train_group
+from initlab.nets.diagnostics import layer_stats
+from initlab.nets.models import StackedMLP
+from initlab.params.schema import StudyTrain
+from initlab.params.variants import Variant
+from initlab.training.loop import GroupLoss, train_group
 
 
 def stack_of(activation: str, seeds=(0, 1), sizes=(5, 16, 8, 3)):
-    from initlab.config import InitSpec
+    from initlab.params.schema import InitSpec
 
     stack = StackedMLP(len(seeds), list(sizes), activation)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -67,7 +68,7 @@ def test_probing_changes_no_training_and_reports_each_point():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(45, 5, generator=g), torch.randint(0, 3, (45,), generator=g)
     data = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
-    from initlab.config import InitSpec
+    from initlab.params.schema import InitSpec
 
     inits = {"xavier_normal": InitSpec(name="xavier_normal"), "lsuv": InitSpec(name="lsuv")}
     group = [Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),

@@ -77,7 +77,7 @@ def records(work: Path) -> dict[str, dict]:
 
 def gate(work: Path):
     """This run against the committed baseline, as `initlab verify` judges it."""
-    from initlab.verify import compare, summary
+    from initlab.results.verify import compare, summary
 
     got, want = records(work), json.loads(BASELINE.read_text())
     c = compare(want, got)
@@ -108,7 +108,7 @@ def retrain(work: Path, tmp: Path, env: dict, studies: list[str], prelude: str =
 
 
 PLANTED = """
-import math, torch.nn as nn, initlab.registry as r
+import math, torch.nn as nn, initlab.nets.registry as r
 def uniform_rule(w, generator=None):  # the bug: fan_out where the rule says fan_in, and no square root
     y = 1.0 / r.fans(w)[1] ** 0.25
     return nn.init.uniform_(w, -y, y, generator=generator)

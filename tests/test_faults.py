@@ -97,13 +97,13 @@ def test_a_full_disk_is_one_line_naming_the_output_and_changes_nothing(copy, sta
 
 
 def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, monkeypatch):
-    import initlab.io
+    import initlab.core.io
 
     files = folder_bytes(copy)
     trained = []
-    monkeypatch.setattr("initlab.train.train_study", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("initlab.training.loop.train_study", lambda *a, **k: trained.append(a))
     real = os.access
-    monkeypatch.setattr(initlab.io.os, "access",
+    monkeypatch.setattr(initlab.core.io.os, "access",
                         lambda p, mode: not str(p).endswith("train/line") and real(p, mode))  # fmt: skip
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
@@ -112,7 +112,7 @@ def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, mon
 
 
 def test_an_output_folder_the_os_will_not_let_go_is_one_line_and_stays_whole(copy, monkeypatch):
-    import initlab.io
+    import initlab.core.io
 
     files = folder_bytes(copy)
     real = os.replace
@@ -122,7 +122,7 @@ def test_an_output_folder_the_os_will_not_let_go_is_one_line_and_stays_whole(cop
             raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
         return real(src, dst)
 
-    monkeypatch.setattr(initlab.io.os, "replace", refuse)
+    monkeypatch.setattr(initlab.core.io.os, "replace", refuse)
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "pipeline/train/line: cannot write: Operation not permitted (errno 1)" in result.output
@@ -188,11 +188,11 @@ def test_broken_weights_found_by_track_change_nothing_in_the_store(copy, content
 
 @pytest.mark.parametrize("fail_at", [1, 2, 4, 7])
 def test_after_a_track_fails_halfway_the_next_logs_exactly_the_missing_runs(copy, monkeypatch, fail_at):
-    import initlab.tracking
+    import initlab.tracking.log
 
     _no_store(copy)
     calls = []
-    real = initlab.tracking.log_batch
+    real = initlab.tracking.log.log_batch
 
     def full_disk(*args, **kwargs):  # the fail_at-th write of metrics fails, as on a full disk
         calls.append(1)
@@ -201,7 +201,7 @@ def test_after_a_track_fails_halfway_the_next_logs_exactly_the_missing_runs(copy
         return real(*args, **kwargs)
 
     with monkeypatch.context() as mp:
-        mp.setattr(initlab.tracking, "log_batch", full_disk)
+        mp.setattr(initlab.tracking.log, "log_batch", full_disk)
         result = runner.invoke(app, ["track"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, (result.output, len(calls))
     assert "mlflow.db: cannot write: No space left on device (errno 28)" in result.output

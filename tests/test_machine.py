@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-PROBE = "import json, initlab.machine as m; print(json.dumps({'key': m.platform_key(), 'mkl': m.mkl_code_path()}))"
+PROBE = "import json, initlab.core.machine as m; print(json.dumps({'key': m.platform_key(), 'mkl': m.mkl_code_path()}))"
 
 
 def probe(**env: str) -> dict:
@@ -20,7 +20,7 @@ def probe(**env: str) -> dict:
 
 
 def test_the_key_names_vendor_vector_units_mkl_branch_kernels_and_versions():
-    from initlab.machine import describe, platform_key
+    from initlab.core.machine import describe, platform_key
 
     k = platform_key()
     assert set(k) == {"cpu_vendor", "cpu_vector_units", "mkl_cbwr", "mkl_enable_instructions", "aten_capability",
@@ -38,8 +38,8 @@ def test_mkls_branch_is_in_the_key_and_mkl_itself_reports_it():
 
 
 def test_training_records_the_platform_beside_its_weights(small_root, params):
-    from initlab.machine import platform_key
-    from initlab.train import save_results, train_study
+    from initlab.core.machine import platform_key
+    from initlab.training.loop import save_results, train_study
 
     out = small_root.root / "saved"
     save_results(train_study(params, "line", small_root, "cpu", show_progress=False), out)

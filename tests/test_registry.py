@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from initlab.registry import INITIALIZERS, LOSSES, init_linear
+from initlab.nets.registry import INITIALIZERS, LOSSES, init_linear
 
 FAN_OUT, FAN_IN = 400, 900  # big enough for tight sampling tolerances
 
@@ -116,8 +116,8 @@ def test_bce_logits_equals_bce_on_sigmoid():
 
 def test_a_function_added_to_the_registry_is_a_valid_initialiser_in_params(monkeypatch):
     """Adding an initialiser is one registry entry plus params: nothing else lists the names."""
-    from initlab import registry
-    from initlab.config import InitSpec, StudyParams
+    from initlab.nets import registry
+    from initlab.params.schema import InitSpec, StudyParams
 
     study = {"title": "t", "data": {"kind": "line"}, "split": {}, "inits": {"mine": {"name": "half"}},
              "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["mine"], "losses": ["mse"]}}  # fmt: skip
@@ -132,7 +132,8 @@ def test_data_stages_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from initlab import cli, config, data; "
+    code = ("import sys; from initlab import cli; from initlab.params import schema, paths, variants; "
+            "from initlab.data import datasets; "
             "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -156,8 +157,8 @@ def test_orthogonal_rows_or_columns_are_orthonormal_times_gain(shape, gain):
 def test_lsuv_gives_each_layer_unit_output_std_on_its_batch():
     """LSUV (Mishkin & Matas 2016): orthonormal start, then each layer's pre-activation std on the
     batch within tol of 1, first layer to last; a model of another init in the stack is untouched."""
-    from initlab.config import InitSpec
-    from initlab.models import StackedMLP
+    from initlab.nets.models import StackedMLP
+    from initlab.params.schema import InitSpec
 
     sizes = [20, 64, 64, 64, 3]
     stack = StackedMLP(2, sizes, "relu")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.evaluate import evaluate_study, summarise, write_evaluation
-from initlab.io import read_json
-from initlab.report import render
-from initlab.train import save_results, train_study
+from initlab.core.io import read_json
+from initlab.report.render import render
+from initlab.results.evaluate import evaluate_study, summarise, write_evaluation
+from initlab.training.loop import save_results, train_study
 
 
 def table(rows: list[tuple[str, int, float, int]]) -> pd.DataFrame:
@@ -72,8 +72,8 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
 
 
 def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching_runs():
-    from initlab.config import CompareRow
-    from initlab.report import compare_row
+    from initlab.params.schema import CompareRow
+    from initlab.report.render import compare_row
 
     df = pd.DataFrame({"init": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
                        "seed": [0, 1, 2] * 3 + [0], "diverged": 0,
@@ -94,7 +94,7 @@ def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching
 def test_intervals_paired_verdicts_and_holm_correction():
     from scipy import stats as sps
 
-    from initlab.stats import holm, interval, verdicts
+    from initlab.results.stats import holm, interval, verdicts
 
     x = np.array([0.80, 0.70, 0.60])
     low, high = interval(x)
@@ -118,8 +118,8 @@ def test_intervals_paired_verdicts_and_holm_correction():
 def test_a_study_of_several_models_judges_each_variant_within_its_model():
     """With train.models, the best of each architecture is 'best'; a variant is not called worse
     for losing to a variant of another architecture."""
-    from initlab.config import Variant
-    from initlab.evaluate import variant_stats
+    from initlab.params.variants import Variant
+    from initlab.results.evaluate import variant_stats
 
     rows = []
     for model, base in (("deep", 0.10), ("shallow", 0.80)):

@@ -18,9 +18,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel
 
 from conftest import REPO
-from initlab import config
-from initlab.config import OneOf, ParamsError, init_arg_types, validate_params
-from initlab.registry import INITIALIZERS
+from initlab.errors import ParamsError
+from initlab.nets.registry import INITIALIZERS
+from initlab.params import schema as config
+from initlab.params.schema import OneOf, init_arg_types, validate_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 # A table study (no study of params.yaml reads one), so that TableSource is walked too.

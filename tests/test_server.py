@@ -24,7 +24,7 @@ import requests
 from typer.testing import CliRunner
 
 from initlab.cli import app
-from initlab.server import Server, credentials, pg_program
+from initlab.tracking.server import Server, credentials, pg_program
 from test_processes import (
     TRACK_PARAMS,
     Terminal,
@@ -171,7 +171,7 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
 
 
 def test_a_stale_pid_file_never_signals_another_program(tmp_path):
-    from initlab.server import server_pid
+    from initlab.tracking.server import server_pid
 
     s = Server(tmp_path)
     assert server_pid(s) is None  # no pid file

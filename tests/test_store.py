@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from initlab.signals import Terminated, sigterm_raises
-from initlab.store import StoreError, check_uri, deferred_signals, sqlite_file, store_lock
+from initlab.core.signals import Terminated, sigterm_raises
+from initlab.tracking.store import StoreError, check_uri, deferred_signals, sqlite_file, store_lock
 
 
 @pytest.mark.parametrize(("uri", "path"), [
@@ -80,7 +80,7 @@ def test_a_disabled_deferral_lets_the_signal_through_at_once():
 
 def test_the_study_lock_is_shared_with_other_processes(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    other = ("import sys; from initlab.store import store_lock, StoreError\n"
+    other = ("import sys; from initlab.tracking.store import store_lock, StoreError\n"
              "try:\n    with store_lock(sys.argv[1], sys.argv[2], timeout=0.2): pass\n"
              "except StoreError as e: sys.exit(str(e))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -106,7 +106,7 @@ def test_a_store_another_process_linked_meanwhile_is_used_not_replaced(tmp_path,
 
     import mlflow.store.tracking.sqlalchemy_store as sa
 
-    from initlab.store import _sqlite_ready
+    from initlab.tracking.store import _sqlite_ready
 
     db = tmp_path / "mlflow.db"
     real = sa.SqlAlchemyStore

@@ -38,7 +38,7 @@ def heavy_root(tmp_path_factory):
 
 
 def test_training_and_evaluation_give_the_same_bytes_on_1_2_and_4_threads(heavy_root):
-    from initlab.train import SPLIT_PARTS
+    from initlab.training.loop import SPLIT_PARTS
 
     root, env = heavy_root
     seen = {}

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from initlab.cli import app
-from initlab.io import sha256
+from initlab.core.io import sha256
 
 runner = CliRunner()
 LINE = "pipeline/train/line"
@@ -124,7 +124,7 @@ def test_a_killed_or_failed_run_is_logged_again(project):
 def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_pt2_model(project):
     import mlflow.pytorch
 
-    from initlab.models import build_module
+    from initlab.nets.models import build_module
 
     ids = track("line")["runs"]["line"]
     cl = client()
@@ -171,7 +171,7 @@ def test_broken_weights_are_refused_before_the_store_is_opened(project, tmp_path
 
 
 def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project, monkeypatch):
-    from initlab.tracking import ModelWriter
+    from initlab.tracking.log import ModelWriter
 
     bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
     real = ModelWriter.save
@@ -315,7 +315,7 @@ def test_an_empty_store_file_is_made_a_store(project, tmp_path, monkeypatch):
 
 
 def test_a_run_left_running_by_a_dead_process_is_ended_killed_and_logged_again(project):
-    from initlab.tracking import OWNER_TAG
+    from initlab.tracking.log import OWNER_TAG
 
     first = track("line")["runs"]["line"]
     cl = client()

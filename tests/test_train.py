@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import initlab.train as train_mod
-from initlab.config import Variant
-from initlab.models import DropoutStreams, StackedMLP
-from initlab.optim import StackedAdam, StackedSGD
-from initlab.train import (
+import initlab.training.loop as train_mod
+from initlab.nets.models import DropoutStreams, StackedMLP
+from initlab.nets.optim import StackedAdam, StackedSGD
+from initlab.params.variants import Variant
+from initlab.training.loop import (
     Stack,
     Stopped,
     group_data,
@@ -242,7 +242,7 @@ def test_a_failing_stack_stops_the_others(monkeypatch):
 def test_stacked_training_equals_a_plain_torch_loop(params):
     """Two models trained as one stack end where nn.Sequential + torch.optim.Adam + torch's own
     losses end, from the same initial weights on the same shuffled mini-batches."""
-    from initlab.config import StudyTrain
+    from initlab.params.schema import StudyTrain
 
     st = StudyTrain(model={"hidden": [16, 8], "activation": "relu"}, optimizer="adam", lr=[0.01],
                     batch_size=10, shuffle=True, epochs=3, seeds=[0], inits=["xavier_normal"],
@@ -281,7 +281,7 @@ def test_stacked_training_equals_a_plain_torch_loop(params):
 
 
 def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
-    from initlab.config import ParamsError
+    from initlab.errors import ParamsError
 
     p = narrowed(params, "circles", losses=["cross_entropy"])
     with pytest.raises(ParamsError, match="studies.circles.train.losses: cross_entropy is for 3 classes or more, "
@@ -291,8 +291,10 @@ def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
 
 @pytest.mark.parametrize("loss", ["bce_logits", "bce"])
 def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss):
-    from initlab import data
-    from initlab.config import ParamsError, Paths, StudyParams
+    from initlab.data import datasets as data
+    from initlab.errors import ParamsError
+    from initlab.params.paths import Paths
+    from initlab.params.schema import StudyParams
 
     sp = params.study("circles").model_dump(exclude_unset=True)
     sp["data"] = {"kind": "sklearn", "generator": "make_blobs", "args": {"n_samples": 60, "centers": 3,
@@ -311,8 +313,9 @@ def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss
 def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(params, small_root, monkeypatch):
     import time
 
-    from initlab import train
-    from initlab.config import ModelSpec, ParamsError
+    from initlab.errors import ParamsError
+    from initlab.params.schema import ModelSpec
+    from initlab.training import loop as train
 
     sp = params.studies["line"]
     # 3 * 10**11 parameters a model: more memory than any machine has, so the real check refuses it

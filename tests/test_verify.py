@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.verify import ALPHA, compare, record, summary, variant_p
+from initlab.results.verify import ALPHA, compare, record, summary, variant_p
 
 AMD = {"cpu_vendor": "AuthenticAMD", "mkl_cbwr": "unset"}
 INTEL = {"cpu_vendor": "GenuineIntel", "mkl_cbwr": "unset"}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import typer
 
-from initlab.config import DataError, ParamsError, Paths, StoreError, load_params
+from initlab.errors import DataError, ParamsError, StoreError
+from initlab.params.paths import Paths
+from initlab.params.schema import load_params
 
 app = typer.Typer(
     help="initlab: how weight initialisation, loss and input normalisation decide whether a "
@@ -71,7 +73,7 @@ def stage(fn):
         except (DataError, StoreError) as exc:
             _fail(str(exc), 1)
         except OSError as exc:  # a write the OS refused outside a stage output (read-only, full disk)
-            from initlab.io import write_refused
+            from initlab.core.io import write_refused
 
             refused = write_refused(exc, Path(exc.filename or "."))
             if refused is None:
@@ -95,7 +97,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 
     Reads the folder INITLAB_DATA_MIRROR names instead of the network when it is set.
     """
-    from initlab.data import download as run
+    from initlab.data.datasets import download as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -107,7 +109,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Split a study's raw data into seeded, stratified train / validation / test."""
-    from initlab.data import prepare as run
+    from initlab.data.datasets import prepare as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -123,7 +125,7 @@ def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Normalisation statistics (scale, z-score mean/std) from the training split only."""
-    from initlab.data import normalize_stats
+    from initlab.data.datasets import normalize_stats
 
     t0 = time.perf_counter()
     load_params(params).study(study)
@@ -154,9 +156,9 @@ def train(
     Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
     track` logs the runs).
     """
-    from initlab.io import atomic_path, check_writable, write_json
-    from initlab.signals import sigterm_raises
-    from initlab.train import save_results, train_study
+    from initlab.core.io import atomic_path, check_writable, write_json
+    from initlab.core.signals import sigterm_raises
+    from initlab.training.loop import save_results, train_study
 
     p = load_params(params)
     p.study(study)
@@ -180,7 +182,7 @@ def train(
 @stage
 def evaluate(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Test every trained model of a study on its held-out test split; write DVC metrics."""
-    from initlab.evaluate import evaluate_study, write_evaluation
+    from initlab.results.evaluate import evaluate_study, write_evaluation
 
     t0 = time.perf_counter()
     load_params(params).study(study)
@@ -220,10 +222,10 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     evaluate@<study>`).
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
-    from initlab.io import write_json
-    from initlab.runs import trained_runs
-    from initlab.signals import sigterm_raises
-    from initlab.tracking import log_studies, tracking_uri
+    from initlab.core.io import write_json
+    from initlab.core.signals import sigterm_raises
+    from initlab.tracking.log import log_studies, tracking_uri
+    from initlab.tracking.runs import trained_runs
 
     p = load_params(params)
     paths = Paths()
@@ -252,7 +254,7 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
 @stage
 def report(params: Path = ParamsOpt) -> None:
     """Render reports/report.md and its figures from every study's metrics."""
-    from initlab.report import write_report
+    from initlab.report.render import write_report
 
     t0 = time.perf_counter()
     out = write_report(load_params(params), Paths())
@@ -291,8 +293,8 @@ def bench(
 
     Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
     """
-    from initlab.bench import run_bench, summary_lines
-    from initlab.io import write_json
+    from initlab.bench.measure import run_bench, summary_lines
+    from initlab.core.io import write_json
 
     p = load_params(params)
     device = _check_device(device, "--device")
@@ -319,11 +321,11 @@ def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
 
     Compares every run's test accuracy (pipeline/metrics/<study>_runs.json) with the one committed
     at --against. On the platform the committed results came from they must be identical; on
-    another (CPU vendor, MKL path, kernel switches: `initlab.machine`) each variant must stay
+    another (CPU vendor, MKL path, kernel switches: `initlab.core.machine`) each variant must stay
     within its own seed spread (Welch t-test, Holm over variants, family-wise alpha 0.01). Exit 0:
     identical or within bound; 1: a regression, with the variants that moved and by how much.
     """
-    from initlab.verify import committed_records, compare, current_records, summary
+    from initlab.results.verify import committed_records, compare, current_records, summary
 
     studies = list(load_params(params).studies)
     paths = Paths()
@@ -358,7 +360,7 @@ def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int =
     first start makes that user the admin). Then: MLFLOW_TRACKING_URI=http://127.0.0.1:<port>
     dvc repro (or `initlab track`, or `dvc repro -f -s track` when the pipeline is up to date).
     """
-    from initlab.server import Server, start
+    from initlab.tracking.server import Server, start
 
     t0 = time.perf_counter()
     out = start(Server(root, port, pg_port), timeout)
@@ -371,7 +373,7 @@ def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int =
 def server_stop(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
                 postgres: bool = typer.Option(True, help="Also stop PostgreSQL.")) -> None:  # fmt: skip
     """Stop MLflow's server and PostgreSQL (their data stay in --root)."""
-    from initlab.server import Server, stop
+    from initlab.tracking.server import Server, stop
 
     stopped = stop(Server(root, port, pg_port), postgres)
     typer.echo(f"server: stopped {', '.join(stopped)}" if stopped else "server: nothing was running", err=True)

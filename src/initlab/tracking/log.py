@@ -32,16 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import DataError, Params, ParamsError, Paths, StoreError
-from initlab.io import pid_alive
-from initlab.runs import TrainedRun, VariantRun
-from initlab.store import deferred_signals, is_sql, open_client, store_lock
+from initlab.core.io import pid_alive
+from initlab.errors import DataError, ParamsError, StoreError
+from initlab.params.paths import Paths
+from initlab.params.schema import Params
+from initlab.tracking.runs import TrainedRun, VariantRun
+from initlab.tracking.store import deferred_signals, is_sql, open_client, store_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG, OWNER_TAG, DVC_EXP_TAG = "initlab.run_key", "initlab.owner", "dvc.exp_name"
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
-LOGGED_STATS = ("act_std", "grad_norm", "saturated", "dead", "update_ratio")  # of initlab.diagnostics.STATS
+LOGGED_STATS = ("act_std", "grad_norm", "saturated", "dead", "update_ratio")  # of initlab.nets.diagnostics.STATS
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
 
 
@@ -127,7 +129,7 @@ class ModelWriter:
         import torch
         from mlflow.models import Model
 
-        from initlab.io import load_weights
+        from initlab.core.io import load_weights
 
         weights = load_weights(r.weights)
         template, program = self._template(r.arch, weights)
@@ -146,7 +148,7 @@ class ModelWriter:
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
 
-        from initlab.models import build_module
+        from initlab.nets.models import build_module
 
         shape = json.dumps(arch, sort_keys=True)
         if shape not in self.templates:
@@ -329,7 +331,7 @@ def dataset_input(study: str, paths: Paths):
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    from initlab.io import sha256
+    from initlab.core.io import sha256
 
     path = paths.prepared(study)
     with warnings.catch_warnings():  # MLflow registers two local-file sources and says it picked one
@@ -407,7 +409,7 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
         except (ParamsError, DataError, StoreError):  # already one line naming the file or store
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow's, SQLAlchemy's or requests' error, in one line
-            from initlab.io import write_refused
+            from initlab.core.io import write_refused
 
             refused = write_refused(exc, Path(getattr(exc, "filename", None) or "mlruns"))
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

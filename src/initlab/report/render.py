@@ -14,10 +14,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from initlab.config import CompareRow, InitSpec, Params, Paths, TorchvisionSource  # noqa: E402
-from initlab.io import atomic_path, load_weights, read_csv, read_json, read_npz  # noqa: E402
-from initlab.models import build_module  # noqa: E402
-from initlab.registry import init_linear  # noqa: E402
+from initlab.core.io import atomic_path, load_weights, read_csv, read_json, read_npz  # noqa: E402
+from initlab.nets.models import build_module  # noqa: E402
+from initlab.nets.registry import init_linear  # noqa: E402
+from initlab.params.paths import Paths  # noqa: E402
+from initlab.params.schema import CompareRow, InitSpec, Params, TorchvisionSource
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
@@ -41,7 +42,7 @@ def _ci_of(r, prefix: str = "") -> str:
 
 
 def _verdict(r) -> str:
-    from initlab.stats import marginal
+    from initlab.results.stats import marginal
 
     if not np.isfinite(r["p_vs_best"]):
         return r["verdict"]
@@ -119,7 +120,7 @@ def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None 
     if len(diverged):
         names = ", ".join(f"`{v}`" for v in diverged["variant"])
         out.append(f"{len(diverged)} diverged on every seed: {names}.")
-    from initlab.stats import MARGINAL, marginal
+    from initlab.results.stats import MARGINAL, marginal
 
     edge = own[[marginal(p) for p in own["p_vs_best"]]]
     if len(edge):
@@ -446,11 +447,11 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
         return None
     values = r[row.metric]
     if row.show == "rank":  # decided by paired tests over seeds, not by ranking means
-        from initlab.stats import verdicts
+        from initlab.results.stats import verdicts
 
         v = verdicts(r.assign(variant=r[row.rank_by].astype(str)), row.metric).set_index("variant")
         fmt = lambda k: f"{k} {100 * v.loc[k, 'mean']:.{row.digits}f} %"  # noqa: E731
-        from initlab.stats import MARGINAL, marginal
+        from initlab.results.stats import MARGINAL, marginal
 
         top = v[v["verdict"].isin(["best", "indistinguishable"])].sort_values("mean", ascending=False)
         edge = [k for k in v.index if marginal(v.loc[k, "p_vs_best"])]
@@ -563,7 +564,7 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             if cls:
                 best = df.groupby("variant")["test_accuracy"].mean().idxmax()
                 pc = df[df["variant"] == best][cls].mean()
-                from initlab.data import FASHION_MNIST_CLASSES
+                from initlab.data.datasets import FASHION_MNIST_CLASSES
 
                 names = FASHION_MNIST_CLASSES if sp.data.dataset == "FashionMNIST" else None
 

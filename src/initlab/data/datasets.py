@@ -15,19 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import (
-    DataError,
-    EcgSource,
-    LineSource,
-    ParamsError,
-    Paths,
-    SklearnSource,
-    StudyParams,
-    TableSource,
-    TorchvisionSource,
-    data_mirror,
-)
-from initlab.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
+from initlab.core.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
+from initlab.errors import DataError, ParamsError
+from initlab.params.paths import Paths, data_mirror
+from initlab.params.schema import EcgSource, LineSource, SklearnSource, StudyParams, TableSource, TorchvisionSource
 
 # SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
 FASHION_MNIST_SHA256 = {
@@ -243,7 +234,7 @@ def download(study: str, sp: StudyParams, paths: Paths) -> Path:
 def check_raw(study: str, paths: Paths) -> None:
     """The raw files as download wrote them: each listed in its ``SHA256SUMS`` with its hash. A
     file changed since (edited, truncated, a container with a bad CRC inside) is one line."""
-    from initlab.io import unreadable
+    from initlab.core.io import unreadable
 
     raw = paths.raw(study)
     if not raw.exists():  # the file prepare reads is named missing, with the stage to run

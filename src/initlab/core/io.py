@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from initlab.config import DataError, Paths
+from initlab.errors import DataError
+from initlab.params.paths import Paths
 
 
 def sha256(path: Path) -> str:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from initlab.config import ParamsError, StoreError
+from initlab.errors import ParamsError, StoreError
 
 USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 PG_OS_USER = "postgres"  # the account Debian's package makes; PostgreSQL refuses to run as root

@@ -46,8 +46,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from initlab import peers
-from initlab.config import Params, ParamsError, Paths, variants
+from initlab.bench import peers
+from initlab.errors import ParamsError
+from initlab.params.paths import Paths
+from initlab.params.schema import Params
+from initlab.params.variants import variants
 
 SEED_TRAIN_IMAGES = 48_000  # seed 001: 80 % of the official 60,000
 
@@ -132,10 +135,10 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
     seconds per model. ``diagnostics=False``: without the per-layer probe, to measure its cost."""
     from unittest import mock
 
-    from initlab.train import load_study_data, run_stacks, stacks_for, train_group
+    from initlab.training.loop import load_study_data, run_stacks, stacks_for, train_group
 
     if not diagnostics:
-        with mock.patch("initlab.train.Probe", NoProbe):
+        with mock.patch("initlab.training.loop.Probe", NoProbe):
             return initlab_per_model(params, paths, seed, device)
 
     st = params.study("fashion_mnist").train
@@ -163,7 +166,7 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
 def fashion_mnist_peer_setup(params: Params, paths: Paths, device: str = "cpu") -> dict:
     """The arguments of ``peers.plain_loop`` / ``func_ensemble`` for the Fashion-MNIST group: its
     training split in memory, seed 001's model, loss, optimiser, batch and epochs."""
-    from initlab.train import load_study_data
+    from initlab.training.loop import load_study_data
 
     st = params.study("fashion_mnist").train
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
@@ -183,8 +186,8 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     fastest of ``repeats``."""
     from unittest import mock
 
-    from initlab.config import Variant
-    from initlab.train import load_study_data, train_group
+    from initlab.params.variants import Variant
+    from initlab.training.loop import load_study_data, train_group
 
     sp = params.study("heart_rate")
     st = sp.train.model_copy(update={"epochs": TINY_EPOCHS, "val_every": TINY_EPOCHS})
@@ -208,7 +211,7 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     best = {k: min(v) for k, v in times.items()}
     # ops per stack step: the difference of two lengths, so set-up and validation cancel out
     short, long = (st.model_copy(update={"epochs": e, "val_every": e}) for e in (20, 120))
-    with mock.patch("initlab.train.Probe", NoProbe):
+    with mock.patch("initlab.training.loop.Probe", NoProbe):
         n_short, n_long = (count_ops(lambda s=s: train_group(s, group, sp.inits, data, 2)) for s in (short, long))
     ops = (n_long - n_short) / (long.epochs - short.epochs)
     step_s = best["initlab"] * TINY_MODELS / TINY_EPOCHS  # one stack step
@@ -219,7 +222,7 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
 
 
 class NoProbe:
-    """``initlab.diagnostics.Probe`` doing nothing: the trainer without its per-layer diagnostics."""
+    """``initlab.nets.diagnostics.Probe`` doing nothing: the trainer without its per-layer diagnostics."""
 
     def __init__(self, *args, **kwargs) -> None:
         pass
@@ -264,9 +267,9 @@ def matmul_ceiling(params: Params, paths: Paths, seed: int = 0, steps: int = 100
     """What bounds (b): its group's stacks, in the trainer's threads, doing only the step's matrix
     products, and separately only the fused Adam update, for ``steps`` steps; scaled to the
     group's steps, per model. (b) can get no closer to the GEMM rate than its products alone do."""
-    from initlab.models import StackedMLP
-    from initlab.optim import make_optimizer
-    from initlab.train import load_study_data, run_stacks, stacks_for
+    from initlab.nets.models import StackedMLP
+    from initlab.nets.optim import make_optimizer
+    from initlab.training.loop import load_study_data, run_stacks, stacks_for
 
     st = params.study("fashion_mnist").train
     group = [v for v in variants(params, "fashion_mnist") if v.seed == seed]
@@ -426,7 +429,7 @@ def machine() -> dict:
     except OSError:
         pass
     from initlab import kernels
-    from initlab.machine import fingerprint
+    from initlab.core.machine import fingerprint
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": sys.version.split()[0],
@@ -441,13 +444,13 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     as ``timeit`` does: on a shared 2-core machine a run is only ever slowed, by as much as 15 %
     here, and taking the minimum of both sides keeps the ratio fair. Every time is in the JSON.
     """
-    from initlab.train import keep_freed_memory
+    from initlab.training.loop import keep_freed_memory
 
     keep_freed_memory()
     sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]
     out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
                  "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
-    from initlab.machine import cbwr_branches
+    from initlab.core.machine import cbwr_branches
 
     progress("MKL's reproducibility branches (MKL_CBWR) on the first layer's bmm ...")
     out["mkl_cbwr"] = cbwr_branches()
@@ -521,7 +524,7 @@ def _of(times: list[float], kept: str = "fastest") -> str:
 
 def platform_lines(r: dict) -> list[str]:
     """The platform that decides the bits, and what each MKL CNR branch costs on it."""
-    from initlab.machine import describe
+    from initlab.core.machine import describe
 
     pf = r["machine"].get("platform")
     if not pf:

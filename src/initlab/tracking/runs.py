@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.config import Params, ParamsError, Paths
+from initlab.errors import ParamsError
+from initlab.params.paths import Paths
+from initlab.params.schema import Params
 
 LOG_FORMAT = 3  # part of every run key: a change to what a run logs logs every run again
 # Columns of runs.csv / the evaluate table that say which model a row is; the others are metrics.
@@ -72,7 +74,7 @@ def _same_rows(a, b) -> bool:
 def _shapes(arch_json: str) -> dict[str, tuple]:
     """The state_dict shapes of a model of ``arch`` (``build_module``'s), built once per architecture."""
     if arch_json not in _SHAPES:
-        from initlab.models import build_module
+        from initlab.nets.models import build_module
 
         module = build_module(**json.loads(arch_json))
         _SHAPES[arch_json] = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -89,7 +91,7 @@ def check_weights(path: Path, blob: bytes, arch: dict) -> None:
 
     import torch
 
-    from initlab.io import unreadable
+    from initlab.core.io import unreadable
 
     try:
         with warnings.catch_warnings():  # torch warns of a pickle protocol before refusing the file
@@ -122,7 +124,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
     A missing or stale input is a ``ParamsError`` naming the file and the stage to run, raised
     before any store is opened.
     """
-    from initlab.io import read_csv, read_npz
+    from initlab.core.io import read_csv, read_npz
 
     fix = f"run `dvc repro evaluate@{study}` first"
     folder, table = paths.trained(study), paths.evaluated(study)
@@ -176,7 +178,7 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
 
 def _trained_run(params, study, sp, folder, curves, layers, row, arch_json, common, seconds, fix, variant_tags,
                  parent_key) -> TrainedRun:  # fmt: skip
-    from initlab.diagnostics import STATS
+    from initlab.nets.diagnostics import STATS
 
     name, init = str(row["run_name"]), str(row["init"])
     if name not in layers:

@@ -7,13 +7,10 @@ the stage before it writes anything, with one line naming the key, the value and
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-import os
 import re
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from initlab.registry import INITIALIZERS, LOSSES
+from initlab.errors import ParamsError
+from initlab.nets.registry import INITIALIZERS, LOSSES
 
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
 FLOAT32_MAX = 3.4028234663852886e38  # models compute in float32: a larger number becomes inf there
@@ -67,20 +65,6 @@ class OneOf:
 
 LossName = Annotated[str, AfterValidator(OneOf("loss", lambda: LOSSES))]
 InitName = Annotated[str, AfterValidator(OneOf("initialiser", lambda: INITIALIZERS))]
-
-
-class ParamsError(ValueError):
-    """A bad ``params.yaml``: the message is the one line the user sees."""
-
-
-# The stages' other known errors live here too, so that the CLI catches them without importing
-# the modules that raise them (each stage's dvc.yaml deps are its import closure).
-class DataError(RuntimeError):
-    """Raw data missing, unreachable or corrupt: the message names the file and the fix."""
-
-
-class StoreError(RuntimeError):
-    """The MLflow store cannot be used: the message is the one line the user sees."""
 
 
 class Strict(BaseModel):
@@ -208,7 +192,7 @@ def init_arg_types(name: str) -> dict[str, Any]:
     types, from its signature's annotations (a float is a ``Finite`` here)."""
     import inspect
 
-    import initlab.registry as registry
+    import initlab.nets.registry as registry
 
     out = {}
     for key, param in list(inspect.signature(INITIALIZERS[name]).parameters.items())[2:]:
@@ -268,7 +252,7 @@ class ModelSpec(Strict):
 class Diagnostics(Strict):
     """Per-layer statistics of every model on a fixed probe batch (the first ``probe_rows`` rows
     of the training split, eval mode), before optimiser step ``s`` for each ``s`` of ``at_steps``
-    and after the last step (``initlab.train.layer_stats``)."""
+    and after the last step (``initlab.training.loop.layer_stats``)."""
 
     probe_rows: PosInt = 256  # more than the training rows: all of them
     at_steps: list[Annotated[int, Field(ge=0)]] = [0, 100]
@@ -365,7 +349,7 @@ class CompareRow(Strict):
     """A figure a seed reported, beside ours: ``metric`` (a column of the evaluate table) over the
     runs matching ``where``, shown as its mean, mean ± std or percentage; or (``show: rank``) the
     best value of ``rank_by`` (an init, say) and those a paired test over seeds cannot tell from it
-    (``initlab.stats``), not a ranking of means."""
+    (``initlab.results.stats``), not a ranking of means."""
 
     seed: str
     claim: str
@@ -518,110 +502,3 @@ def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_first_error(exc).replace("params.yaml", str(path), 1).replace("\n", " ")) from None
-
-
-# --------------------------------------------------------------------------- variants
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One trained model: a point of the study's grid and a seed."""
-
-    study: str
-    init: str
-    loss: str
-    normalize: str
-    lr: float
-    seed: int
-    reproduce: bool = False
-    model: str = ""  # a label of train.models; "" when the study has one architecture
-
-    @property
-    def name(self) -> str:
-        base = f"{self.init}-{self.loss}-{self.normalize}-lr{self.lr:g}" + (f"-{self.model}" if self.model else "")
-        return f"reproduce-{base}" if self.reproduce else base
-
-    @property
-    def run_name(self) -> str:
-        return f"{self.name}-s{self.seed}"
-
-
-def variants(params: Params, study: str) -> list[Variant]:
-    """Every model of a study: inits x losses x normalisations x lrs x seeds, then the reproduction."""
-    st = params.study(study).train
-    out = [
-        Variant(study, init, loss, norm, lr, seed, model=model)
-        for model, init, loss, norm, lr, seed in itertools.product(
-            st.model_labels, st.inits, st.losses, st.normalize, st.lr, st.seeds
-        )
-    ]
-    if st.reproduce:
-        r = st.reproduce
-        out += [
-            Variant(study, init, loss, "none", st.lr[0], seed, True, model)
-            for model, init, loss, seed in itertools.product(st.model_labels, r.inits, r.losses, r.seeds)
-        ]
-    return out
-
-
-# --------------------------------------------------------------------------- paths
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where every stage reads and writes, relative to the project root."""
-
-    root: Path = Path(".")
-
-    @property
-    def pipeline(self) -> Path:
-        return self.root / "pipeline"
-
-    def raw(self, study: str) -> Path:
-        return self.pipeline / "raw" / study
-
-    def prepared(self, study: str) -> Path:
-        return self.pipeline / "prepared" / f"{study}.npz"
-
-    def norm_stats(self, study: str) -> Path:
-        return self.pipeline / "normalize" / f"{study}.json"
-
-    def trained(self, study: str) -> Path:
-        return self.pipeline / "train" / study
-
-    def metrics(self, study: str) -> Path:
-        return self.pipeline / "metrics" / f"{study}.json"
-
-    def runs_record(self, study: str) -> Path:
-        return self.pipeline / "metrics" / f"{study}_runs.json"
-
-    def evaluated(self, study: str) -> Path:
-        return self.pipeline / "evaluate" / f"{study}.csv"
-
-    def variants(self, study: str) -> Path:
-        return self.pipeline / "evaluate" / f"{study}_variants.csv"
-
-    def curves(self, study: str) -> Path:
-        return self.pipeline / "evaluate" / f"{study}_curves.csv"
-
-    def layers(self, study: str) -> Path:
-        return self.pipeline / "evaluate" / f"{study}_layers.csv"
-
-    @property
-    def tracked(self) -> Path:
-        return self.pipeline / "tracking.json"
-
-    def timing(self, stage: str) -> Path:
-        """Wall times of a stage (``train-<study>``, ``track``): beside the outputs, never one of
-        them, so that outputs hash the same when they are the same (nothing depends on these)."""
-        return self.pipeline / "timings" / f"{stage}.json"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-
-def data_mirror() -> Path | None:
-    """The local folder named by ``INITLAB_DATA_MIRROR`` (layout: ``fashion-mnist/``, ``ecg/``)."""
-    value = os.environ.get("INITLAB_DATA_MIRROR")
-    return Path(value) if value else None

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from initlab.config import StoreError  # noqa: F401 (raised here, re-exported)
-from initlab.io import pid_alive
+from initlab.core.io import pid_alive
+from initlab.errors import StoreError  # noqa: F401 (raised here, re-exported)
 
 LOCK_TIMEOUT_S = 300.0  # a study's logging takes seconds; this only bounds a stuck holder
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from initlab.config import ParamsError, Paths
-from initlab.data import load_split
-from initlab.io import atomic_path, load_weights, read_csv, read_json, write_json
-from initlab.models import build_module
-from initlab.registry import LOSSES
-from initlab.train import predictions, targets
+from initlab.core.io import atomic_path, load_weights, read_csv, read_json, write_json
+from initlab.data.datasets import load_split
+from initlab.errors import ParamsError
+from initlab.nets.heads import predictions, targets
+from initlab.nets.models import build_module
+from initlab.nets.registry import LOSSES
+from initlab.params.paths import Paths
 
 RUN_COLUMNS = ("run_name", "variant", "init", "loss", "normalize", "lr", "seed", "reproduce", "diverged", "arch")
 
@@ -79,10 +80,10 @@ def summarise(df: pd.DataFrame) -> dict:
 
 def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: mean and 95 % interval over seeds, and a verdict against the best
-    (``initlab.stats``) of its architecture (``train.models``). The study's own variants are
+    (``initlab.results.stats``) of its architecture (``train.models``). The study's own variants are
     compared on test accuracy; its ``reproduce-`` rows, the seed's protocol, among themselves on
     the seed's figure, validation accuracy (measured as the seed measured it)."""
-    from initlab.stats import mean_interval, verdicts
+    from initlab.results.stats import mean_interval, verdicts
 
     parts = []
     by_model = model_column(df)  # several architectures: each variant is judged against its own's best
@@ -133,7 +134,7 @@ def loss_curves(df: pd.DataFrame, curves: dict[str, np.ndarray]) -> pd.DataFrame
 def layer_profile(df: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
     """Each variant's diagnostics at initialisation, the mean over its seeds, per layer (long
     format: variant, layer, then every statistic), for ``dvc plots``: act_std against depth."""
-    from initlab.diagnostics import STATS
+    from initlab.nets.diagnostics import STATS
 
     init = diag[diag["point"] == "init"].merge(df[["run_name", "variant"]], on="run_name")
     out = init.groupby(["variant", "layer"], sort=True)[list(STATS)].mean().reset_index()
@@ -143,7 +144,7 @@ def layer_profile(df: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
 def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     """The per-run table (``initlab track`` logs its test metrics), the per-variant table with
     intervals and verdicts, the training-loss curves as data, and the DVC metrics."""
-    from initlab.io import read_npz
+    from initlab.core.io import read_npz
 
     with atomic_path(paths.evaluated(study)) as tmp:
         df.drop(columns=["arch"]).to_csv(tmp, index=False)
@@ -156,7 +157,7 @@ def write_evaluation(study: str, df: pd.DataFrame, paths: Paths) -> None:
     with atomic_path(paths.layers(study)) as tmp:
         layer_profile(df, diag).to_csv(tmp, index=False, float_format="%.6g")
     write_json(paths.metrics(study), summarise(df))
-    from initlab.verify import record
+    from initlab.results.verify import record
 
     platform = read_json(paths.trained(study) / "platform.json")
     write_json(paths.runs_record(study), record(df, platform))

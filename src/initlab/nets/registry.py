@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from annotated_types import Ge, Gt, Le
 
-# An initialiser's keyword arguments are checked against these annotations (``initlab.config``).
+# An initialiser's keyword arguments are checked against these annotations (``initlab.params.schema``).
 Mode = Literal["fan_in", "fan_out"]
 Nonlinearity = Literal["linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]  # torch's calculate_gain
 
 
 class _Lazy:
-    """A module imported at its first use. ``initlab.config`` checks params against this
+    """A module imported at its first use. ``initlab.params.schema`` checks params against this
     registry's names in every stage, and the stages that never train need not load torch."""
 
     def __init__(self, name: str) -> None:
@@ -186,7 +186,7 @@ def lsuv(
     Mishkin & Matas, "All you need is a good init", ICLR 2016, algorithm 1; tolerance and rounds
     as in the authors' reference code (``LSUVinit``: ``std_tol=0.1``, ``max_attempts=10``). This
     function is the orthonormal start; the rescaling needs data and a forward pass through the
-    layers below, and is ``initlab.models.StackedMLP.lsuv`` (the train stage runs it).
+    layers below, and is ``initlab.nets.models.StackedMLP.lsuv`` (the train stage runs it).
     """
     return nn.init.orthogonal_(w, gain=1.0, generator=generator)
 

@@ -1,7 +1,7 @@
 """Did this run reproduce the committed results? Exact on the same platform, a test elsewhere.
 
 Each study's evaluate stage writes ``pipeline/metrics/<study>_runs.json`` (committed to git): the
-platform key its models were trained on (``initlab.machine``), every run's test accuracy by
+platform key its models were trained on (``initlab.core.machine``), every run's test accuracy by
 variant and seed, and each variant's verdict. ``compare`` sets a new record beside a reference:
 
 - **identical**: every test accuracy equal (any platform);
@@ -66,7 +66,7 @@ class Comparison:
 def record(df, platform: dict) -> dict:
     """The committed record of one study's evaluation: ``platform``, then per variant its test
     accuracy by seed (None where the run diverged) and its verdict."""
-    from initlab.evaluate import variant_stats
+    from initlab.results.evaluate import variant_stats
 
     acc: dict[str, dict[str, float | None]] = {}
     for r in df.sort_values(["variant", "seed"]).itertuples(index=False):
@@ -130,7 +130,7 @@ def variant_p(ref: dict[str, float | None], new: dict[str, float | None], pooled
 
 def compare(reference: dict[str, dict], current: dict[str, dict]) -> Comparison:
     """``current`` against ``reference``, both ``{study: record}``."""
-    from initlab.stats import holm
+    from initlab.results.stats import holm
 
     same = all(reference[s]["platform"] == current[s]["platform"] for s in reference if s in current)
     out = Comparison(same_platform=same)
@@ -162,7 +162,7 @@ def compare(reference: dict[str, dict], current: dict[str, dict]) -> Comparison:
 
 def summary(c: Comparison, reference_platform: dict, current_platform: dict) -> list[str]:
     """What ``initlab verify`` prints: the verdict first, then its evidence."""
-    from initlab.machine import describe
+    from initlab.core.machine import describe
 
     lines = []
     if c.status == "identical":
@@ -199,7 +199,7 @@ def committed_records(studies: list[str], paths, rev: str) -> dict[str, dict]:
     import json
     import subprocess
 
-    from initlab.config import DataError
+    from initlab.errors import DataError
 
     out = {}
     for study in studies:
@@ -218,8 +218,8 @@ def committed_records(studies: list[str], paths, rev: str) -> dict[str, dict]:
 
 def current_records(studies: list[str], paths) -> dict[str, dict]:
     """Each study's record as this clone's last `dvc repro` wrote it."""
-    from initlab.config import DataError
-    from initlab.io import read_json
+    from initlab.core.io import read_json
+    from initlab.errors import DataError
 
     out = {}
     for study in studies:

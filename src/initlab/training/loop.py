@@ -22,38 +22,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from initlab.config import InitSpec, ModelSpec, Params, ParamsError, Paths, StudyTrain, Variant, variants
-from initlab.diagnostics import Probe
-from initlab.models import DropoutStreams, StackedMLP, apply_head
-from initlab.optim import make_optimizer
-from initlab.registry import DATA_DEPENDENT, LOSSES, Loss
+from initlab.errors import ParamsError
+from initlab.nets.diagnostics import Probe
+from initlab.nets.heads import head_for, n_outputs, predictions, targets
+from initlab.nets.models import DropoutStreams, StackedMLP, apply_head
+from initlab.nets.optim import make_optimizer
+from initlab.nets.registry import DATA_DEPENDENT, LOSSES
+from initlab.params.paths import Paths
+from initlab.params.schema import InitSpec, ModelSpec, Params, StudyTrain
+from initlab.params.variants import Variant, variants
 
 CURVE_BYTES = 1 << 30  # at most this much of float32 loss curves (steps x models) per study
-
-
-def head_for(loss: str, n_classes: int) -> str:
-    if LOSSES[loss].on_logits:
-        return "none"
-    return "sigmoid" if n_classes == 2 else "softmax"
-
-
-def n_outputs(n_classes: int) -> int:
-    return 1 if n_classes == 2 else n_classes
-
-
-def targets(y: Tensor, loss: Loss, n_classes: int) -> Tensor:
-    """Labels in the form the loss wants: class indices, {0, 1} column, or one-hot."""
-    if loss.class_targets:
-        return y.long()
-    if n_classes == 2:
-        return y.float().unsqueeze(-1)
-    return torch.nn.functional.one_hot(y.long(), n_classes).float()
-
-
-def predictions(out: Tensor, head: str) -> Tensor:
-    if out.shape[-1] == 1:
-        return (out[..., 0] > (0.0 if head == "none" else 0.5)).long()
-    return out.argmax(dim=-1)
 
 
 def architecture(spec: ModelSpec, n_in: int, n_classes: int, loss: str, normalize: str) -> dict:
@@ -79,7 +58,7 @@ class Result:
     val_acc: np.ndarray  # per epoch
     final: dict = field(default_factory=dict)
     seconds: float = float("nan")  # this model's share of its stack's wall time (not hashed)
-    diagnostics: list[dict] = field(default_factory=list)  # initlab.diagnostics.Probe.rows
+    diagnostics: list[dict] = field(default_factory=list)  # initlab.nets.diagnostics.Probe.rows
 
 
 class GroupLoss:
@@ -307,7 +286,7 @@ def group_data(group: list[Variant], by_norm: dict[str, dict]) -> dict[str, Tens
 
 
 def load_study_data(study: str, normalize: str, paths: Paths, device: str, all_data: bool):
-    from initlab.data import load_split
+    from initlab.data.datasets import load_split
 
     data = {}
     for split in ("train", "val"):
@@ -323,8 +302,8 @@ def train_study(
     params: Params, study: str, paths: Paths, device: str = "cpu", show_progress: bool | None = None
 ) -> list[Result]:
     """Train every variant of ``study``; returns results in ``variants()`` order."""
-    from initlab.data import shuffled_split
-    from initlab.io import read_json
+    from initlab.core.io import read_json
+    from initlab.data.datasets import shuffled_split
 
     sp = params.study(study)
     st: StudyTrain = sp.train
@@ -560,8 +539,8 @@ def save_results(results: list[Result], out: Path) -> None:
             **({"model": v.model} if v.model else {}), **r.final, "arch": json.dumps(r.arch),
         })  # fmt: skip
         diagnostics += [{"run_name": v.run_name, **d} for d in r.diagnostics]
-    from initlab.io import write_json
-    from initlab.machine import platform_key
+    from initlab.core.io import write_json
+    from initlab.core.machine import platform_key
 
     write_json(out / "platform.json", platform_key())  # what decided these bits
     np.savez(out / "curves.npz", **curves)

@@ -120,8 +120,9 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
     784 -> ``depth`` hidden layers of ``width`` (ReLU, dropout 0.2) -> 10, Adam, batch 100, on
     random data. Memory: the process's peak RSS during training above its RSS before (the data
     and one warm-up run already in), per model. Run in a fresh process (``scaling``)."""
-    from initlab.config import StudyTrain, Variant
-    from initlab.train import keep_freed_memory, train_group
+    from initlab.params.schema import StudyTrain
+    from initlab.params.variants import Variant
+    from initlab.training.loop import keep_freed_memory, train_group
 
     keep_freed_memory()
     g = torch.Generator().manual_seed(0)
@@ -131,7 +132,7 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
     st = StudyTrain(model={"hidden": [width] * depth, "activation": "relu", "dropout": 0.2}, optimizer="adam",
                     lr=[1e-3], batch_size=100, epochs=1, seeds=[0], inits=["kaiming"], losses=["cross_entropy"],
                     eval_train=False, diagnostics={"at_steps": []})  # fmt: skip
-    from initlab.config import InitSpec
+    from initlab.params.schema import InitSpec
 
     inits = {"kaiming": InitSpec(name="kaiming_uniform", args={"mode": "fan_in", "nonlinearity": "relu"})}
     group = [Variant("scaling", "kaiming", "cross_entropy", "none", 1e-3, 0) for _ in range(models)]
@@ -175,7 +176,7 @@ def scaling(progress=print, grid=SCALING_GRID) -> list[dict]:
     rows = []
     for m, w, d in grid:
         progress(f"scaling: {m} models, width {w}, depth {d} ...")
-        code = ("import json, torch; torch.set_num_threads(1); from initlab.peers import scaling_point; "
+        code = ("import json, torch; torch.set_num_threads(1); from initlab.bench.peers import scaling_point; "
                 f"print(json.dumps(scaling_point({m}, {w}, {d})))")  # fmt: skip
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if p.returncode != 0:

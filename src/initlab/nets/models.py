@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from initlab.config import InitSpec
-from initlab.registry import init_linear
+from initlab.nets.registry import init_linear
+from initlab.params.schema import InitSpec
 
 ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "sigmoid": (torch.sigmoid, nn.Sigmoid),
                "tanh": (torch.tanh, nn.Tanh)}  # fmt: skip
@@ -111,7 +111,7 @@ class StackedMLP(nn.Module):
 
     @torch.no_grad()
     def lsuv(self, x: Tensor, models: list[int], tol: list[float], max_rounds: list[int]) -> list[int]:
-        """LSUV's data step (Mishkin & Matas 2016, ``initlab.registry.lsuv``) for ``models``:
+        """LSUV's data step (Mishkin & Matas 2016, ``initlab.nets.registry.lsuv``) for ``models``:
         first layer to last, divide the layer's weight by the standard deviation of its output on
         ``x`` until it is within ``tol`` of 1, at most ``max_rounds`` rounds (per model). Runs in
         eval mode (no dropout); returns each model's rounds, summed over layers."""
