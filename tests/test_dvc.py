@@ -15,7 +15,9 @@ PACKAGE = REPO / "src" / "initlab"
 
 def _exists(module: str) -> bool:
     parts = module.split(".")[1:]
-    return PACKAGE.joinpath(*parts).with_suffix(".py").exists() or (PACKAGE.joinpath(*parts) / "__init__.py").exists()
+    return (
+        PACKAGE.joinpath(*parts).with_suffix(".py").exists() or (PACKAGE.joinpath(*parts) / "__init__.py").exists()
+    )
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -40,8 +42,7 @@ def _file(module: str) -> Path:
 
 
 def _is_command(fn: ast.FunctionDef) -> bool:
-    return any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command"
-               for d in fn.decorator_list)  # fmt: skip
+    return any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command" for d in fn.decorator_list)
 
 
 def import_closure(command: str) -> set[str]:
@@ -79,16 +80,24 @@ def test_each_stage_depends_on_exactly_the_code_its_command_imports():
                 files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
                 deps |= {f.relative_to(REPO).as_posix() for f in files}
         want = import_closure(command)
-        assert deps == want, (f"dvc.yaml stage {name!r} (initlab {command}): missing "
-                              f"{sorted(want - deps)}, not imported {sorted(deps - want)}")  # fmt: skip
+        assert deps == want, (
+            f"dvc.yaml stage {name!r} (initlab {command}): missing "
+            f"{sorted(want - deps)}, not imported {sorted(deps - want)}"
+        )
 
 
 def test_the_closure_follows_lazy_imports_and_the_decorator():
     # train imports signals and train inside the command, train imports models at module level,
     # and every command goes through config (the decorator's errors) and the package's __init__.
     train = import_closure("train")
-    assert {"src/initlab/core/signals.py", "src/initlab/training/loop.py", "src/initlab/nets/models.py",
-            "src/initlab/params/schema.py", "src/initlab/__init__.py", "src/initlab/cli.py"} <= train
+    assert {
+        "src/initlab/core/signals.py",
+        "src/initlab/training/loop.py",
+        "src/initlab/nets/models.py",
+        "src/initlab/params/schema.py",
+        "src/initlab/__init__.py",
+        "src/initlab/cli.py",
+    } <= train
     assert "src/initlab/tracking/log.py" not in train and "src/initlab/report/render.py" not in train
     assert "src/initlab/tracking/log.py" in import_closure("track")
 
@@ -114,10 +123,18 @@ def test_every_stage_a_fix_names_for_a_stage_output_is_in_dvc_yaml():
     names = _stage_names()
     checked = 0
     for study in studies:
-        outputs = [paths.raw(study) / "line.npz", paths.prepared(study),
-                   paths.prepared(study).with_suffix(".json"), paths.norm_stats(study),
-                   paths.trained(study) / "weights" / "x-s0.pt", paths.evaluated(study), paths.variants(study),
-                   paths.curves(study), paths.layers(study), paths.metrics(study)]  # fmt: skip
+        outputs = [
+            paths.raw(study) / "line.npz",
+            paths.prepared(study),
+            paths.prepared(study).with_suffix(".json"),
+            paths.norm_stats(study),
+            paths.trained(study) / "weights" / "x-s0.pt",
+            paths.evaluated(study),
+            paths.variants(study),
+            paths.curves(study),
+            paths.layers(study),
+            paths.metrics(study),
+        ]
         for out in outputs:
             message = str(unreadable(out, FileNotFoundError()))
             named = message.split("`dvc repro -f ")[1].rstrip("`")
@@ -143,8 +160,9 @@ def test_every_stage_a_message_of_the_package_names_is_in_dvc_yaml():
         for text in _strings(ast.parse(module.read_text())):
             for command in re.findall(r"`dvc (?:repro|exp run)([^`]*)`", text):
                 # (a stage given by a value, io.py's {}@{}, is the test above's)
-                targets = [t for t in command.split()
-                           if not t.startswith(("-", "{}")) and "<" not in t and "=" not in t]  # fmt: skip
+                targets = [
+                    t for t in command.split() if not t.startswith(("-", "{}")) and "<" not in t and "=" not in t
+                ]
                 for target in targets:  # a {value} in an f-string: any study
                     for name in {target.replace("{}", s) for s in studies}:
                         found.append((module.name, name))

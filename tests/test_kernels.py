@@ -13,10 +13,18 @@ PROBE = "import json, initlab; print(json.dumps(initlab.kernels()))"
 
 
 def probe(**env: str) -> dict:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env, "PYTHONPATH": str(REPO / "src")},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 

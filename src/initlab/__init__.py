@@ -50,4 +50,3 @@ def kernels() -> dict[str, object]:
 
     out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return out
-

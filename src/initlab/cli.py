@@ -32,8 +32,12 @@ LIBRARY_LOGGERS = ("mlflow", "sqlalchemy", "alembic", "urllib3", "git")
 _verbose = False
 
 
-VerboseOpt = typer.Option(False, "--verbose", "-v",
-                          help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.")
+VerboseOpt = typer.Option(
+    False,
+    "--verbose",
+    "-v",
+    help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.",
+)
 
 
 @app.callback()
@@ -171,11 +175,15 @@ def train(
         seconds = time.perf_counter() - t0
         with atomic_path(Paths().trained(study)) as out:
             save_results(results, out)
-        write_json(Paths().timing(f"train-{study}"), {
-            "models": len(results), "train_seconds": seconds,
-            "run_seconds": {r.variant.run_name: r.seconds for r in results}})  # fmt: skip
-    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}",
-               err=True)  # fmt: skip
+        write_json(
+            Paths().timing(f"train-{study}"),
+            {
+                "models": len(results),
+                "train_seconds": seconds,
+                "run_seconds": {r.variant.run_name: r.seconds for r in results},
+            },
+        )
+    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}", err=True)
 
 
 @app.command()
@@ -192,8 +200,9 @@ def evaluate(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     _done(f"evaluate {study}: {len(df)} runs -> {paths.metrics(study)}", t0)
 
 
-TrackStudies = typer.Argument(None, show_default=False,
-                              help="Studies to log (default: every study in params, as the DVC stage does).")
+TrackStudies = typer.Argument(
+    None, show_default=False, help="Studies to log (default: every study in params, as the DVC stage does)."
+)
 
 
 @app.command()
@@ -238,16 +247,31 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
         # the same file when the store holds the same runs
         write_json(paths.tracked, {"runs": out["runs"], "parents": out["parents"]})
         seconds = time.perf_counter() - t0
-        write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
-                                           **{k: out[k] for k in ("logged", "skipped", "orphans")}})  # fmt: skip
+        write_json(
+            paths.timing("track"),
+            {
+                "mlflow_seconds": seconds,
+                "tracking_uri": tracking_uri(),
+                **{k: out[k] for k in ("logged", "skipped", "orphans")},
+            },
+        )
     if out["deleted"]:
-        typer.echo(f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
-                   "(their runs are FINISHED now; `mlflow gc` purges them)", err=True)  # fmt: skip
+        typer.echo(
+            f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
+            "(their runs are FINISHED now; `mlflow gc` purges them)",
+            err=True,
+        )
     if out["orphans"]:
-        typer.echo(f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
-                   "their models were logged again", err=True)  # fmt: skip
-    typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
-               f"{seconds:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
+        typer.echo(
+            f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
+            "their models were logged again",
+            err=True,
+        )
+    typer.echo(
+        f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
+        f"{seconds:.1f} s -> {tracking_uri()}",
+        err=True,
+    )
 
 
 @app.command()
@@ -262,14 +286,23 @@ def report(params: Path = ParamsOpt) -> None:
 
 
 BenchOut = typer.Option(Path("reports/bench.json"), help="Where to write the figures (JSON).")
-BenchPipeline = typer.Option(True, help="Also time a full `dvc repro` from clean in a temporary "
-                             "copy of the project, and a no-op one (minutes).")
+BenchPipeline = typer.Option(
+    True,
+    help="Also time a full `dvc repro` from clean in a temporary copy of the project, and a no-op one (minutes).",
+)
 BenchDevice = typer.Option("cpu", help="Device for initlab's trainer.")
-BenchScaling = typer.Option(False, "--scaling", help="Also time initlab per model as the stack (1-64 "
-                            "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
-                            "peak memory per model, each in a fresh process (about 2 minutes).")
-BenchRepeats = typer.Option(3, min=1, help="Time (a) and (b) this many times each, alternately; "
-                            "the fastest of each counts (all are in --out).")
+BenchScaling = typer.Option(
+    False,
+    "--scaling",
+    help="Also time initlab per model as the stack (1-64 "
+    "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
+    "peak memory per model, each in a fresh process (about 2 minutes).",
+)
+BenchRepeats = typer.Option(
+    3,
+    min=1,
+    help="Time (a) and (b) this many times each, alternately; the fastest of each counts (all are in --out).",
+)
 
 
 @app.command()
@@ -303,8 +336,16 @@ def bench(
         if not need.exists():
             raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
     root = Path.cwd()
-    result = run_bench(p, paths, root, pipeline, device,
-                       progress=lambda m: typer.echo(m, err=True), repeats=repeats, scaling=scaling)  # fmt: skip
+    result = run_bench(
+        p,
+        paths,
+        root,
+        pipeline,
+        device,
+        progress=lambda m: typer.echo(m, err=True),
+        repeats=repeats,
+        scaling=scaling,
+    )
     write_json(out, result)
     for line in summary_lines(result):
         typer.echo(line)
@@ -339,21 +380,31 @@ def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
         raise typer.Exit(1)
 
 
-server_app = typer.Typer(help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
-                         "`make server` / `make server-stop`.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
+    "`make server` / `make server-stop`.",
+    no_args_is_help=True,
+)
 app.add_typer(server_app, name="server")
-ServerRoot = typer.Option(Path(".server"), "--root", help="Its folder: PostgreSQL's cluster, the artifacts, "
-                          "the log (git-ignored).")
+ServerRoot = typer.Option(
+    Path(".server"), "--root", help="Its folder: PostgreSQL's cluster, the artifacts, the log (git-ignored)."
+)
 ServerPort = typer.Option(5001, "--port", min=1, max=65535, help="The MLflow server's port on 127.0.0.1.")
-PgPort = typer.Option(54329, "--pg-port", min=1, max=65535, help="PostgreSQL's port (its socket's name; "
-                      "it listens on a Unix socket in --root only).")
+PgPort = typer.Option(
+    54329,
+    "--pg-port",
+    min=1,
+    max=65535,
+    help="PostgreSQL's port (its socket's name; it listens on a Unix socket in --root only).",
+)
 ServerWait = typer.Option(120, min=1, help="Seconds to wait for the server's /health.")
 
 
 @server_app.command("start")
 @stage
-def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
-                 timeout: float = ServerWait) -> None:
+def server_start(
+    root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort, timeout: float = ServerWait
+) -> None:
     """Start PostgreSQL and MLflow's server (basic-auth app, artifacts served) on 127.0.0.1.
 
     The login is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment (the
@@ -364,14 +415,21 @@ def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int =
 
     t0 = time.perf_counter()
     out = start(Server(root, port, pg_port), timeout)
-    _done(f"server: MLflow on {out['uri']} (pid {out['pid']}), runs in PostgreSQL ({root}/postgres), "
-          f"artifacts in {out['artifacts']}; use MLFLOW_TRACKING_URI={out['uri']}", t0)
+    _done(
+        f"server: MLflow on {out['uri']} (pid {out['pid']}), runs in PostgreSQL ({root}/postgres), "
+        f"artifacts in {out['artifacts']}; use MLFLOW_TRACKING_URI={out['uri']}",
+        t0,
+    )
 
 
 @server_app.command("stop")
 @stage
-def server_stop(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
-                postgres: bool = typer.Option(True, help="Also stop PostgreSQL.")) -> None:  # fmt: skip
+def server_stop(
+    root: Path = ServerRoot,
+    port: int = ServerPort,
+    pg_port: int = PgPort,
+    postgres: bool = typer.Option(True, help="Also stop PostgreSQL."),
+) -> None:
     """Stop MLflow's server and PostgreSQL (their data stay in --root)."""
     from initlab.tracking.server import Server, stop
 

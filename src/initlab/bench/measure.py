@@ -95,8 +95,9 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0, device: str = "cpu
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    train_data = datasets.FashionMNIST(root=str(raw_root), train=True, download=False,
-                                       transform=transforms.ToTensor())  # fmt: skip
+    train_data = datasets.FashionMNIST(
+        root=str(raw_root), train=True, download=False, transform=transforms.ToTensor()
+    )
     indices = list(range(len(train_data)))
     np.random.shuffle(indices)
     split = int(np.floor(0.2 * len(train_data)))
@@ -124,12 +125,18 @@ def seed_loop(raw_root: Path, epochs: int = 2, seed: int = 0, device: str = "cpu
         correct += (predicted == target).sum()
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
-    return {"seconds": seconds, "val_accuracy": correct.item() / total, "steps": len(loss_batch),
-            "samples": len(train_idx) * epochs, "n_params": n_params}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "val_accuracy": correct.item() / total,
+        "steps": len(loss_batch),
+        "samples": len(train_idx) * epochs,
+        "n_params": n_params,
+    }
 
 
-def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str = "cpu",
-                      diagnostics: bool = True) -> dict:  # fmt: skip
+def initlab_per_model(
+    params: Params, paths: Paths, seed: int = 0, device: str = "cpu", diagnostics: bool = True
+) -> dict:
     """One group of the Fashion-MNIST study trained as ``dvc repro`` trains it (its stacks, in
     threads on CPU): every model that reads seed ``seed``'s batches (each init x loss); wall
     seconds per model. ``diagnostics=False``: without the per-layer probe, to measure its cost."""
@@ -142,25 +149,32 @@ def initlab_per_model(params: Params, paths: Paths, seed: int = 0, device: str =
             return initlab_per_model(params, paths, seed, device)
 
     st = params.study("fashion_mnist").train
-    group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed),
-                   key=lambda v: v.lr)  # fmt: skip
+    group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed), key=lambda v: v.lr)
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
     if len(data["x_train"]) != SEED_TRAIN_IMAGES:
-        raise ParamsError(f"bench compares with seed 001 on its {SEED_TRAIN_IMAGES:,} training images; "
-                          f"the prepared split has {len(data['x_train']):,} "
-                          "(prepare.fashion_mnist.train_subset); allowed: null")  # fmt: skip
+        raise ParamsError(
+            f"bench compares with seed 001 on its {SEED_TRAIN_IMAGES:,} training images; "
+            f"the prepared split has {len(data['x_train']):,} "
+            "(prepare.fashion_mnist.train_subset); allowed: null"
+        )
     t0 = time.perf_counter()
     stacks = stacks_for(st, group, data, 10, device)
     inits = params.study("fashion_mnist").inits
-    outs = run_stacks(stacks, lambda s, stop: train_group(st, s.group, inits, s.data, 10, device, None, stop),
-                      device)  # fmt: skip
+    outs = run_stacks(
+        stacks, lambda s, stop: train_group(st, s.group, inits, s.data, 10, device, None, stop), device
+    )
     results = [r for out in outs for r in out]
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in results[0].module.parameters())
     acc = {r.variant.name: r.final["val_accuracy"] for r in results}
-    return {"seconds_per_model": seconds / len(group), "models": len(group), "seconds": seconds,
-            "samples": len(data["x_train"]) * st.epochs, "n_params": n_params,
-            "val_accuracy": acc}  # fmt: skip
+    return {
+        "seconds_per_model": seconds / len(group),
+        "models": len(group),
+        "seconds": seconds,
+        "samples": len(data["x_train"]) * st.epochs,
+        "n_params": n_params,
+        "val_accuracy": acc,
+    }
 
 
 def fashion_mnist_peer_setup(params: Params, paths: Paths, device: str = "cpu") -> dict:
@@ -170,9 +184,18 @@ def fashion_mnist_peer_setup(params: Params, paths: Paths, device: str = "cpu") 
 
     st = params.study("fashion_mnist").train
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
-    return {"x": data["x_train"], "y": data["y_train"], "sizes": [784, *st.model.hidden, 10],
-            "activation": st.model.activation, "dropout": st.model.dropout, "loss": "cross_entropy",
-            "optimizer": st.optimizer, "lr": st.lr[0], "batch": st.batch_size, "epochs": st.epochs}  # fmt: skip
+    return {
+        "x": data["x_train"],
+        "y": data["y_train"],
+        "sizes": [784, *st.model.hidden, 10],
+        "activation": st.model.activation,
+        "dropout": st.model.dropout,
+        "loss": "cross_entropy",
+        "optimizer": st.optimizer,
+        "lr": st.lr[0],
+        "batch": st.batch_size,
+        "epochs": st.epochs,
+    }
 
 
 TINY_EPOCHS = 2000  # of heart rate's 10,000: per-model time is per step, the same at any length
@@ -193,9 +216,18 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     st = sp.train.model_copy(update={"epochs": TINY_EPOCHS, "val_every": TINY_EPOCHS})
     data = load_study_data("heart_rate", "none", paths, "cpu", all_data=False)
     group = [Variant("heart_rate", st.inits[0], st.losses[0], "none", st.lr[0], s) for s in range(TINY_MODELS)]
-    setup = {"x": data["x_train"], "y": data["y_train"], "sizes": [1, *st.model.hidden, 1],
-             "activation": st.model.activation, "dropout": 0.0, "loss": st.losses[0], "optimizer": st.optimizer,
-             "lr": st.lr[0], "batch": None, "epochs": TINY_EPOCHS}  # fmt: skip
+    setup = {
+        "x": data["x_train"],
+        "y": data["y_train"],
+        "sizes": [1, *st.model.hidden, 1],
+        "activation": st.model.activation,
+        "dropout": 0.0,
+        "loss": st.losses[0],
+        "optimizer": st.optimizer,
+        "lr": st.lr[0],
+        "batch": None,
+        "epochs": TINY_EPOCHS,
+    }
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     times: dict[str, list[float]] = {"initlab": [], "plain_loop": [], "func_ensemble": []}
@@ -215,10 +247,17 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
         n_short, n_long = (count_ops(lambda s=s: train_group(s, group, sp.inits, data, 2)) for s in (short, long))
     ops = (n_long - n_short) / (long.epochs - short.epochs)
     step_s = best["initlab"] * TINY_MODELS / TINY_EPOCHS  # one stack step
-    return {"ops_per_step": ops, "us_per_op": 1e6 * step_s / ops,
-            "models": TINY_MODELS, "steps": TINY_EPOCHS, "seconds_per_model": best, "all_seconds": times,
-            "vs_plain": best["plain_loop"] / best["initlab"], "vs_func": best["func_ensemble"] / best["initlab"],
-            "ms_per_step_initlab": 1000 * step_s}  # fmt: skip
+    return {
+        "ops_per_step": ops,
+        "us_per_op": 1e6 * step_s / ops,
+        "models": TINY_MODELS,
+        "steps": TINY_EPOCHS,
+        "seconds_per_model": best,
+        "all_seconds": times,
+        "vs_plain": best["plain_loop"] / best["initlab"],
+        "vs_func": best["func_ensemble"] / best["initlab"],
+        "ms_per_step_initlab": 1000 * step_s,
+    }
 
 
 class NoProbe:
@@ -324,8 +363,9 @@ def timed_repro(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float
     """``dvc repro`` in ``root``: its wall seconds, and each stage's, from one "Running stage"
     line to the next (the stage's command and DVC's caching of its outputs)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    p = subprocess.Popen(
+        ["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     marks, text = [], []
     for line in p.stdout:
         text.append(line)
@@ -373,8 +413,9 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
     """
     with tempfile.TemporaryDirectory(prefix="initlab-bench-") as tmp:
         root = Path(tmp) / "project"
-        files = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True,
-                               check=True).stdout.split()  # fmt: skip
+        files = subprocess.run(
+            ["git", "ls-files"], cwd=project, capture_output=True, text=True, check=True
+        ).stdout.split()
         for f in files:
             if f == "dvc.lock" or f.startswith(("reports/", "pipeline/")):
                 continue
@@ -402,20 +443,27 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
         for i in range(1, track_repeats):
             progress(f"initlab track again, onto a new MLflow store ({i + 1}/{track_repeats}) ...")
             store = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / f'bench-store-{i}' / 'mlflow.db'}"}
-            p = subprocess.run([sys.executable, "-m", "initlab", "track"], cwd=root, env=store,
-                               capture_output=True, text=True)  # fmt: skip
+            p = subprocess.run(
+                [sys.executable, "-m", "initlab", "track"], cwd=root, env=store, capture_output=True, text=True
+            )
             if p.returncode != 0:
                 raise RuntimeError(f"initlab track failed in {root}:\n{p.stderr[-2000:]}")
             again = json.loads(tracking.read_text())
             if again["logged"] != tracked["logged"]:
-                raise RuntimeError(f"initlab track logged {again['logged']} runs onto a new store, "
-                                   f"{tracked['logged']} in the repro")  # fmt: skip
+                raise RuntimeError(
+                    f"initlab track logged {again['logged']} runs onto a new store, "
+                    f"{tracked['logged']} in the repro"
+                )
             track_s.append(again["mlflow_seconds"])
         mlflow_s = statistics.median(track_s)
         out["breakdown"] = breakdown(stages, train_s, out["full_repro_seconds"])
-        out.update(train_seconds=train_s, mlflow_seconds=mlflow_s, mlflow_all_seconds=track_s,
-                   mlflow_share_of_training=mlflow_s / train_s,
-                   mlflow_runs={"logged": tracked["logged"], "skipped": tracked["skipped"]})  # fmt: skip
+        out.update(
+            train_seconds=train_s,
+            mlflow_seconds=mlflow_s,
+            mlflow_all_seconds=track_s,
+            mlflow_share_of_training=mlflow_s / train_s,
+            mlflow_runs={"logged": tracked["logged"], "skipped": tracked["skipped"]},
+        )
         return out
 
 
@@ -431,13 +479,27 @@ def machine() -> dict:
     from initlab import kernels
     from initlab.core.machine import fingerprint
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": sys.version.split()[0],
-            "kernels": kernels(), "platform": fingerprint()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "kernels": kernels(),
+        "platform": fingerprint(),
+    }
 
 
-def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, device: str = "cpu",
-              progress=print, repeats: int = 3, scaling: bool = False) -> dict:  # fmt: skip
+def run_bench(
+    params: Params,
+    paths: Paths,
+    project: Path,
+    pipeline: bool,
+    device: str = "cpu",
+    progress=print,
+    repeats: int = 3,
+    scaling: bool = False,
+) -> dict:
     """All measurements, in one process, one after the other; returns the figures.
 
     (a) and (b) are each timed ``repeats`` times, alternately, and the fastest of each is kept,
@@ -448,8 +510,11 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
 
     keep_freed_memory()
     sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]
-    out: dict = {"machine": machine(), "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
-                 "Adam 1e-3, batch 100, 2 epochs, 48,000 training images"}  # fmt: skip
+    out: dict = {
+        "machine": machine(),
+        "setup": "seed 001: 784-256-128-10 ReLU, dropout 0.2, "
+        "Adam 1e-3, batch 100, 2 epochs, 48,000 training images",
+    }
     from initlab.core.machine import cbwr_branches
 
     progress("MKL's reproducibility branches (MKL_CBWR) on the first layer's bmm ...")
@@ -473,8 +538,13 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     b = {**min(runs_b, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b]}
     b0 = {**min(runs_b0, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in runs_b0]}
     b0.pop("val_accuracy", None)
-    fastest = lambda runs: {**min(runs, key=lambda r: r["seconds_per_model"]),  # noqa: E731
-                            "all_seconds": [r["seconds_per_model"] for r in runs]}  # fmt: skip
+
+    def fastest(runs: list[dict]) -> dict:
+        return {
+            **min(runs, key=lambda r: r["seconds_per_model"]),
+            "all_seconds": [r["seconds_per_model"] for r in runs],
+        }
+
     plain, func = fastest(runs_plain), fastest(runs_func)
     progress("tiny models: heart rate's MLP, full batch ...")
     tiny = tiny_peers(params, paths, repeats)
@@ -485,9 +555,14 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
     nominal = 6 * a["n_params"] * b["samples"] / 1e9  # GFLOP per model, the issue's count
     executed = executed_flops_per_sample(sizes) * b["samples"] / 1e9
     out.update(
-        seed_loop=a, initlab=b, initlab_no_diagnostics=b0, plain_loop=plain, func_ensemble=func,
+        seed_loop=a,
+        initlab=b,
+        initlab_no_diagnostics=b0,
+        plain_loop=plain,
+        func_ensemble=func,
         vs_plain=plain["seconds_per_model"] / b["seconds_per_model"],
-        vs_func=func["seconds_per_model"] / b["seconds_per_model"], tiny=tiny,
+        vs_func=func["seconds_per_model"] / b["seconds_per_model"],
+        tiny=tiny,
         diagnostics_cost=b["seconds"] / b0["seconds"] - 1,
         gemm_gflops={"before": gemm_before, "after": gemm_after, "best": gemm},
         gflop_per_model={"nominal_6N": nominal, "executed": executed},
@@ -495,12 +570,16 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
         initlab_gflops=nominal / b["seconds_per_model"],
         initlab_gemm_fraction=nominal / b["seconds_per_model"] / gemm,
         initlab_gemm_fraction_executed=executed / b["seconds_per_model"] / gemm,
-    )  # fmt: skip
+    )
     if ceiling:
         best = {k: min(c[k] for c in ceiling) for k in ("matmuls_seconds_per_model", "adam_seconds_per_model")}
-        out["bound"] = {**ceiling[0], **best, "all": ceiling,
-                        "matmuls_gemm_fraction_executed": executed / best["matmuls_seconds_per_model"] / gemm,
-                        "share_of_b": {k.split("_")[0]: v / b["seconds_per_model"] for k, v in best.items()}}
+        out["bound"] = {
+            **ceiling[0],
+            **best,
+            "all": ceiling,
+            "matmuls_gemm_fraction_executed": executed / best["matmuls_seconds_per_model"] / gemm,
+            "share_of_b": {k.split("_")[0]: v / b["seconds_per_model"] for k, v in best.items()},
+        }
     if scaling:
         out["scaling"] = peers.scaling(progress)
     if pipeline:
@@ -512,13 +591,16 @@ def run_bench(params: Params, paths: Paths, project: Path, pipeline: bool, devic
 def scaling_lines(rows: list[dict]) -> list[str]:
     """The scaling table as markdown (the README's)."""
     out = ["| models | width | hidden layers | ms per model-step | peak MiB per model |", "|---|---|---|---|---|"]
-    out += [f"| {r['models']} | {r['width']} | {r['depth']} | {r['ms_per_model_step']:.2f} | "
-            f"{r['peak_mib_per_model']:.1f} |" for r in rows]  # fmt: skip
+    out += [
+        f"| {r['models']} | {r['width']} | {r['depth']} | {r['ms_per_model_step']:.2f} | "
+        f"{r['peak_mib_per_model']:.1f} |"
+        for r in rows
+    ]
     return out
 
 
 def _of(times: list[float], kept: str = "fastest") -> str:
-    """" (fastest of 3: 16.3, 15.0, 14.7 s)": which of the repeated timings counts, and all of them."""
+    """ " (fastest of 3: 16.3, 15.0, 14.7 s)": which of the repeated timings counts, and all of them."""
     return f" ({kept} of {len(times)}: {', '.join(f'{t:.1f}' for t in times)} s)" if len(times) > 1 else ""
 
 
@@ -533,7 +615,9 @@ def platform_lines(r: dict) -> list[str]:
     for branch, b in r.get("mkl_cbwr", {}).items():
         if "gflops" in b:
             bits = "the same bits" if b.get("same_bits_as_unset") else "other bits"
-            lines.append(f"    MKL_CBWR={branch:<12} {b['gflops']:6.1f} GFLOP/s ({b['ratio']:.2f}x of unset), {bits}")
+            lines.append(
+                f"    MKL_CBWR={branch:<12} {b['gflops']:6.1f} GFLOP/s ({b['ratio']:.2f}x of unset), {bits}"
+            )
         else:
             lines.append(f"    MKL_CBWR={branch:<12} failed: {b.get('error')}")
     return lines
@@ -556,9 +640,12 @@ def summary_lines(r: dict) -> list[str]:
     ]
     if "initlab_no_diagnostics" in r:
         b0 = r["initlab_no_diagnostics"]
-        lines.insert(4, f"(b0) without diagnostics: {b0['seconds_per_model']:.2f} s per model"
-                     f"{_of(b0.get('all_seconds', []))}"
-                     f"; per-layer diagnostics cost {100 * r['diagnostics_cost']:+.1f}%   (target <= +10%)")
+        lines.insert(
+            4,
+            f"(b0) without diagnostics: {b0['seconds_per_model']:.2f} s per model"
+            f"{_of(b0.get('all_seconds', []))}"
+            f"; per-layer diagnostics cost {100 * r['diagnostics_cost']:+.1f}%   (target <= +10%)",
+        )
     if "plain_loop" in r:
         lines += [
             f"(peer) plain one-model loop: {r['plain_loop']['seconds_per_model']:.2f} s per model"
@@ -569,17 +656,24 @@ def summary_lines(r: dict) -> list[str]:
         ]
         if "bound" in r:
             bd = r["bound"]
-            lines.append(f"    what bounds (b): its products alone {bd['matmuls_seconds_per_model']:.2f} s/model "
-                         f"({100 * bd['share_of_b']['matmuls']:.0f}% of (b)) = "
-                         f"{100 * bd['matmuls_gemm_fraction_executed']:.0f}% of (c); its fused Adam alone "
-                         f"{bd['adam_seconds_per_model']:.2f} s ({100 * bd['share_of_b']['adam']:.0f}% of (b))")
+            lines.append(
+                f"    what bounds (b): its products alone {bd['matmuls_seconds_per_model']:.2f} s/model "
+                f"({100 * bd['share_of_b']['matmuls']:.0f}% of (b)) = "
+                f"{100 * bd['matmuls_gemm_fraction_executed']:.0f}% of (c); its fused Adam alone "
+                f"{bd['adam_seconds_per_model']:.2f} s ({100 * bd['share_of_b']['adam']:.0f}% of (b))"
+            )
         t = r["tiny"]
-        lines.append(f"tiny (heart rate 1-4-1, full batch, {t['steps']} steps, {t['models']} models): initlab "
-                     f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model "
-                     f"({t['ms_per_step_initlab']:.2f} ms "
-                     f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func"
-                     + (f"; {t['ops_per_step']:.0f} ATen ops per stack step, {t['us_per_op']:.1f} us each"
-                        if "ops_per_step" in t else ""))
+        lines.append(
+            f"tiny (heart rate 1-4-1, full batch, {t['steps']} steps, {t['models']} models): initlab "
+            f"{1000 * t['seconds_per_model']['initlab']:.1f} ms per model "
+            f"({t['ms_per_step_initlab']:.2f} ms "
+            f"per stack step), {t['vs_plain']:.1f}x the plain loop, {t['vs_func']:.1f}x torch.func"
+            + (
+                f"; {t['ops_per_step']:.0f} ATen ops per stack step, {t['us_per_op']:.1f} us each"
+                if "ops_per_step" in t
+                else ""
+            )
+        )
     if "scaling" in r:
         lines += scaling_lines(r["scaling"])
     if "pipeline" in r:

@@ -62,8 +62,19 @@ def _batches(n: int, batch: int | None, epochs: int, seed: int):
             yield order[start : start + bs]
 
 
-def plain_loop(x: Tensor, y: Tensor, sizes: list[int], activation: str, dropout: float, loss: str,
-               optimizer: str, lr: float, batch: int | None, epochs: int, seed: int = 0) -> dict:  # fmt: skip
+def plain_loop(
+    x: Tensor,
+    y: Tensor,
+    sizes: list[int],
+    activation: str,
+    dropout: float,
+    loss: str,
+    optimizer: str,
+    lr: float,
+    batch: int | None,
+    epochs: int,
+    seed: int = 0,
+) -> dict:
     """(b): one model, trained alone; wall seconds."""
     torch.manual_seed(seed)
     model = mlp(sizes, activation, dropout).to(x.device).train()
@@ -80,9 +91,20 @@ def plain_loop(x: Tensor, y: Tensor, sizes: list[int], activation: str, dropout:
     return {"seconds_per_model": time.perf_counter() - t0, "steps": steps, "last_loss": value.item()}
 
 
-def func_ensemble(x: Tensor, y: Tensor, n_models: int, sizes: list[int], activation: str, dropout: float,
-                  loss: str, optimizer: str, lr: float, batch: int | None, epochs: int,
-                  seed: int = 0) -> dict:  # fmt: skip
+def func_ensemble(
+    x: Tensor,
+    y: Tensor,
+    n_models: int,
+    sizes: list[int],
+    activation: str,
+    dropout: float,
+    loss: str,
+    optimizer: str,
+    lr: float,
+    batch: int | None,
+    epochs: int,
+    seed: int = 0,
+) -> dict:
     """(c): ``n_models`` models stacked by ``torch.func`` and trained under ``vmap``; wall seconds
     per model."""
     from torch.func import functional_call, stack_module_state
@@ -106,8 +128,12 @@ def func_ensemble(x: Tensor, y: Tensor, n_models: int, sizes: list[int], activat
         value.backward()
         opt.step()
         steps += 1
-    return {"seconds_per_model": (time.perf_counter() - t0) / n_models, "models": n_models, "steps": steps,
-            "last_loss": value.item() / n_models}  # fmt: skip
+    return {
+        "seconds_per_model": (time.perf_counter() - t0) / n_models,
+        "models": n_models,
+        "steps": steps,
+        "last_loss": value.item() / n_models,
+    }
 
 
 # --------------------------------------------------------------------------- scaling
@@ -129,9 +155,18 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
     n = 100 * steps
     data = {"x_train": torch.rand(n, 784, generator=g), "y_train": torch.randint(0, 10, (n,), generator=g)}
     data.update(x_val=data["x_train"][:100], y_val=data["y_train"][:100])
-    st = StudyTrain(model={"hidden": [width] * depth, "activation": "relu", "dropout": 0.2}, optimizer="adam",
-                    lr=[1e-3], batch_size=100, epochs=1, seeds=[0], inits=["kaiming"], losses=["cross_entropy"],
-                    eval_train=False, diagnostics={"at_steps": []})  # fmt: skip
+    st = StudyTrain(
+        model={"hidden": [width] * depth, "activation": "relu", "dropout": 0.2},
+        optimizer="adam",
+        lr=[1e-3],
+        batch_size=100,
+        epochs=1,
+        seeds=[0],
+        inits=["kaiming"],
+        losses=["cross_entropy"],
+        eval_train=False,
+        diagnostics={"at_steps": []},
+    )
     from initlab.params.schema import InitSpec
 
     inits = {"kaiming": InitSpec(name="kaiming_uniform", args={"mode": "fan_in", "nonlinearity": "relu"})}
@@ -143,9 +178,14 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
     train_group(st, group, inits, data, 10)
     seconds = time.perf_counter() - t0
     peak = _peak_rss_kib() - base
-    return {"models": models, "width": width, "depth": depth, "steps": steps,
-            "ms_per_model_step": 1000 * seconds / steps / models,
-            "peak_mib_per_model": peak / 1024 / models}  # fmt: skip
+    return {
+        "models": models,
+        "width": width,
+        "depth": depth,
+        "steps": steps,
+        "ms_per_model_step": 1000 * seconds / steps / models,
+        "peak_mib_per_model": peak / 1024 / models,
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -166,8 +206,7 @@ def _peak_rss_kib() -> int:
     return _status_kib("VmHWM")
 
 
-SCALING_GRID = ([(m, 256, 3) for m in (1, 2, 4, 8, 16, 32, 64)] + [(16, 1024, 3)]
-                + [(16, 256, d) for d in (10, 30)])  # fmt: skip
+SCALING_GRID = [(m, 256, 3) for m in (1, 2, 4, 8, 16, 32, 64)] + [(16, 1024, 3)] + [(16, 256, d) for d in (10, 30)]
 
 
 def scaling(progress=print, grid=SCALING_GRID) -> list[dict]:
@@ -176,8 +215,10 @@ def scaling(progress=print, grid=SCALING_GRID) -> list[dict]:
     rows = []
     for m, w, d in grid:
         progress(f"scaling: {m} models, width {w}, depth {d} ...")
-        code = ("import json, torch; torch.set_num_threads(1); from initlab.bench.peers import scaling_point; "
-                f"print(json.dumps(scaling_point({m}, {w}, {d})))")  # fmt: skip
+        code = (
+            "import json, torch; torch.set_num_threads(1); from initlab.bench.peers import scaling_point; "
+            f"print(json.dumps(scaling_point({m}, {w}, {d})))"
+        )
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"scaling point ({m}, {w}, {d}) failed:\n{p.stderr[-2000:]}")

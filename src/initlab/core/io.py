@@ -97,8 +97,10 @@ def check_writable(path: Path) -> None:
     except OSError as exc:
         raise (write_refused(exc, path) or exc) from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise DataError(f"{path}: cannot write: the OS says it is not writable (read-only, immutable or "
-                        "another user's); make it writable")  # fmt: skip
+        raise DataError(
+            f"{path}: cannot write: the OS says it is not writable (read-only, immutable or "
+            "another user's); make it writable"
+        )
 
 
 # What the OS says, in words a user acts on.
@@ -109,7 +111,7 @@ _ERRNO_FIX = {
     errno.EROFS: "the file system is read-only; write elsewhere or remount it",
     errno.EACCES: "no permission to write there; make it writable",
     errno.EPERM: "the OS refused the change (an immutable file or folder? `lsattr`, `chattr -i`); "
-                 "make it writable",
+    "make it writable",
 }
 
 
@@ -141,15 +143,25 @@ def write_refused(exc: BaseException, path: Path, tmp: Path | None = None) -> Da
         return DataError(f"{where}: cannot write: {said} (errno {exc.errno}); {_ERRNO_FIX[exc.errno]}")
     if isinstance(exc, RuntimeError) and _in_torch_save(exc):
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-        return DataError(f"{path}: cannot write: the OS refused a write ({free:,} bytes free on its disk; "
-                         "a full disk or `ulimit -f`); free some space or raise the limit")  # fmt: skip
+        return DataError(
+            f"{path}: cannot write: the OS refused a write ({free:,} bytes free on its disk; "
+            "a full disk or `ulimit -f`); free some space or raise the limit"
+        )
     return None
 
 
 # The stage that writes each per-study output, by the ``Paths`` method that names it.
-PRODUCERS = {"raw": "download", "prepared": "prepare", "norm_stats": "normalize", "trained": "train",
-             "evaluated": "evaluate", "variants": "evaluate", "curves": "evaluate", "layers": "evaluate",
-             "metrics": "evaluate"}  # fmt: skip
+PRODUCERS = {
+    "raw": "download",
+    "prepared": "prepare",
+    "norm_stats": "normalize",
+    "trained": "train",
+    "evaluated": "evaluate",
+    "variants": "evaluate",
+    "curves": "evaluate",
+    "layers": "evaluate",
+    "metrics": "evaluate",
+}
 _STUDY = "\0study\0"  # a study name no path holds
 
 
@@ -172,7 +184,7 @@ def producer(path: Path) -> tuple[str, str] | None:
 
 
 def _fix(path: Path) -> str:
-    """"; run `dvc repro -f prepare@line`" for pipeline/prepared/line.npz; "" off pipeline/."""
+    """ "; run `dvc repro -f prepare@line`" for pipeline/prepared/line.npz; "" off pipeline/."""
     found = producer(path)
     return f"; run `dvc repro -f {found[0]}@{found[1]}`" if found else ""
 

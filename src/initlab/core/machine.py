@@ -53,8 +53,13 @@ def mkl_code_path() -> tuple[str, str]:
 
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
-        out = subprocess.run([sys.executable, "-c", MKL_PROBE, str(lib)], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "MKL_VERBOSE": "1"}).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", MKL_PROBE, str(lib)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "MKL_VERBOSE": "1"},
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         out = ""
     path = re.search(r"for Intel\(R\) 64 architecture (.*?), Lnx", out)
@@ -107,10 +112,15 @@ def describe(key: dict) -> str:
     """One line, e.g. ``AuthenticAMD (avx2 avx512f), MKL 2024.2 (MKL_CBWR unset), ATen AVX2, ...``."""
     numpy = "numpy AVX-512" if key.get("numpy_avx512") else "numpy without AVX-512"
     cbwr = key.get("mkl_cbwr")
-    return (f"{key.get('cpu_vendor')} ({key.get('cpu_vector_units')}), MKL {key.get('mkl')} (MKL_CBWR {cbwr}"
-            + (f", MKL_ENABLE_INSTRUCTIONS {key['mkl_enable_instructions']}"
-               if key.get("mkl_enable_instructions") not in (None, "unset") else "")
-            + f"), ATen {key.get('aten_capability')}, {numpy}, torch {key.get('torch')}")
+    return (
+        f"{key.get('cpu_vendor')} ({key.get('cpu_vector_units')}), MKL {key.get('mkl')} (MKL_CBWR {cbwr}"
+        + (
+            f", MKL_ENABLE_INSTRUCTIONS {key['mkl_enable_instructions']}"
+            if key.get("mkl_enable_instructions") not in (None, "unset")
+            else ""
+        )
+        + f"), ATen {key.get('aten_capability')}, {numpy}, torch {key.get('torch')}"
+    )
 
 
 CBWR_BRANCHES = ("unset", "AVX2", "AVX2,STRICT", "COMPATIBLE")  # MKL's CNR modes worth trying
@@ -140,8 +150,13 @@ def cbwr_branches(threads: int = 1) -> dict[str, dict]:
         if branch != "unset":
             env["MKL_CBWR"] = branch
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        p = subprocess.run([sys.executable, "-c", "import initlab\n" + CBWR_PROBE], env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-c", "import initlab\n" + CBWR_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if p.returncode != 0:
             out[branch] = {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
             continue

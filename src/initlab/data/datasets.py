@@ -28,9 +28,17 @@ FASHION_MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # The ECG SciPy's registry serves as scipy.datasets.electrocardiogram(): MIT-BIH record 208.
 ECG_SHA256 = "f20ad3365fb9b7f845d0e5c48b6fe67081377ee466c3a220b7f69f35c8958baf"
 
@@ -42,8 +50,10 @@ def verify(path: Path, expected: str, source: Path | None = None) -> None:
     actual = sha256(path)
     if actual != expected:
         fix = "replace it with the original" if source else "delete it and download again"
-        raise DataError(f"{source or path}: checksum mismatch: expected sha256 {expected}, got {actual}; "
-                        f"the file is truncated or altered; {fix}")  # fmt: skip
+        raise DataError(
+            f"{source or path}: checksum mismatch: expected sha256 {expected}, got {actual}; "
+            f"the file is truncated or altered; {fix}"
+        )
 
 
 # --------------------------------------------------------------------------- download
@@ -93,15 +103,19 @@ def _table(src: TableSource) -> dict[str, np.ndarray]:
         raise DataError(f"{src.path}: not found (data.path of a table study, relative to the project root)")
     actual = sha256(src.path)
     if src.sha256 != actual:
-        raise ParamsError(f"data.sha256 = {src.sha256!r} is not the hash of {src.path}; set it to {actual} "
-                          "(DVC re-runs the study when it changes)")  # fmt: skip
+        raise ParamsError(
+            f"data.sha256 = {src.sha256!r} is not the hash of {src.path}; set it to {actual} "
+            "(DVC re-runs the study when it changes)"
+        )
     try:
         df = pd.read_parquet(src.path) if src.path.suffix.lower() == ".parquet" else pd.read_csv(src.path)
     except (OSError, ValueError, ImportError) as exc:
         raise DataError(f"{src.path}: cannot be read as a table ({exc})") from None
     if src.target not in df.columns:
-        raise ParamsError(f"data.target = {src.target!r} is not a column of {src.path}; "
-                          f"allowed: {', '.join(map(str, df.columns))}")  # fmt: skip
+        raise ParamsError(
+            f"data.target = {src.target!r} is not a column of {src.path}; "
+            f"allowed: {', '.join(map(str, df.columns))}"
+        )
     if len(df) == 0:  # pandas reads a header alone as columns of no type: say so, not "not numeric"
         raise DataError(f"{src.path}: no rows (a header only); a study needs rows of data")
     features = df.drop(columns=[src.target])
@@ -118,8 +132,9 @@ def _table(src: TableSource) -> dict[str, np.ndarray]:
     return {"x": x, "y": y.astype(np.int64), "columns": np.array([str(c) for c in features.columns])}
 
 
-def _check_finite(path: Path, x: np.ndarray, columns: list[str] | None = None, first_line: int | None = None,
-                  what: str = "") -> None:  # fmt: skip
+def _check_finite(
+    path: Path, x: np.ndarray, columns: list[str] | None = None, first_line: int | None = None, what: str = ""
+) -> None:
     """Refuse a table with an empty (NaN) or infinite value, naming ``path``, the column and the
     first bad row (and its line, for a file with a header). A bool ``x`` marks the bad cells."""
     bad = x if x.dtype == bool else ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
@@ -131,8 +146,10 @@ def _check_finite(path: Path, x: np.ndarray, columns: list[str] | None = None, f
     name = repr(columns[col]) if columns else str(col)
     value = "empty" if x2.dtype == bool or np.isnan(x2[row, col]) else f"{float(x2[row, col])}"
     line = f" (line {row + first_line} of the file)" if first_line else ""
-    raise DataError(f"{path}{what}: column {name}, row {row}{line}: {value}; every value must be a finite number; "
-                    "fill or drop that row")  # fmt: skip
+    raise DataError(
+        f"{path}{what}: column {name}, row {row}{line}: {value}; every value must be a finite number; "
+        "fill or drop that row"
+    )
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -222,9 +239,7 @@ def download(study: str, sp: StudyParams, paths: Paths) -> Path:
         else:
             _torchvision(out, src)
         files = sorted(f for f in out.rglob("*") if f.is_file())
-        (out / "SHA256SUMS").write_text(
-            "".join(f"{sha256(f)}  {f.relative_to(out)}\n" for f in files)
-        )
+        (out / "SHA256SUMS").write_text("".join(f"{sha256(f)}  {f.relative_to(out)}\n" for f in files))
     return target
 
 
@@ -296,17 +311,22 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     summary: dict = {"study": study, "seed": seed}
     extra: dict[str, np.ndarray] = {}  # more arrays for the npz
     fractions = f"val_fraction = {sp_split.val_fraction:g}, test_fraction = {sp_split.test_fraction:g}"
-    where = (f"studies.{study}.split: {{n}} rows are too few to split with {fractions} "
-             "(scikit-learn: {why}); allowed: more rows, or other fractions")  # fmt: skip
+    where = (
+        f"studies.{study}.split: {{n}} rows are too few to split with {fractions} "
+        "(scikit-learn: {why}); allowed: more rows, or other fractions"
+    )
     check_raw(study, paths)  # before reading any of them
     if isinstance(src, LineSource):
         d = read_npz(raw / "line.npz")
         x_val, x_test, y_val, y_test = _split(
             f"studies.{study}.data.holdout_points = {src.holdout_points}: {{n}} held-out points are too few to "
             f"split with val_fraction = {sp_split.val_fraction:g} (scikit-learn: {{why}}); allowed: more points",
-            d["x_holdout"], d["y_holdout"], train_size=sp_split.val_fraction,
-            stratify=d["y_holdout"], random_state=seed,
-        )  # fmt: skip
+            d["x_holdout"],
+            d["y_holdout"],
+            train_size=sp_split.val_fraction,
+            stratify=d["y_holdout"],
+            random_state=seed,
+        )
         splits = (d["x_train"], d["y_train"], x_val, y_val, x_test, y_test)
         _check_finite(raw / "line.npz", np.concatenate([d["x_train"], d["x_holdout"]]))
     elif isinstance(src, SklearnSource | TableSource):
@@ -323,9 +343,11 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         bpm = heart_rate_bpm(raw / "ecg.dat", h.sampling_hz, h.peak_distance)
         # Split on the beat, label after: the threshold may only come from the training split.
         idx = np.arange(len(bpm))
-        beats = (f"studies.{study}.data.peak_distance = {h.peak_distance} leaves {{n}} beats in the record, too "
-                 f"few to split with studies.{study}.split's {fractions} (scikit-learn: {{why}}); allowed: a "
-                 "shorter distance between R-peaks (samples; scipy's ECG example: 150)")  # fmt: skip
+        beats = (
+            f"studies.{study}.data.peak_distance = {h.peak_distance} leaves {{n}} beats in the record, too "
+            f"few to split with studies.{study}.split's {fractions} (scikit-learn: {{why}}); allowed: a "
+            "shorter distance between R-peaks (samples; scipy's ECG example: 150)"
+        )
         i_rest, i_test = _split(beats, idx, test_size=sp_split.test_fraction, random_state=seed)
         i_train, i_val = _split(
             beats, i_rest, test_size=sp_split.val_fraction / (1 - sp_split.test_fraction), random_state=seed
@@ -344,17 +366,20 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         splits = tuple(a for i in (i_train, i_val, i_test) for a in (bpm[i, None], label[i]))
         extra = {"beat_train": i_train, "beat_val": i_val, "beat_test": i_test}  # which beat a row is
         summary.update(
-            threshold_bpm=round(threshold, 4), beats=int(len(bpm)),
-            bpm_mean=round(float(bpm.mean()), 2), bpm_std=round(float(bpm.std()), 2),
-        )  # fmt: skip
+            threshold_bpm=round(threshold, 4),
+            beats=int(len(bpm)),
+            bpm_mean=round(float(bpm.mean()), 2),
+            bpm_std=round(float(bpm.std()), 2),
+        )
     else:
         import torchvision.datasets
 
         cls = getattr(torchvision.datasets, src.dataset)
         train, test = cls(raw, train=True, download=False), cls(raw, train=False, download=False)
         x, y = np.asarray(train.data).reshape(len(train.data), -1), np.asarray(train.targets)
-        i_train, i_val = _split(where, np.arange(len(y)), test_size=sp_split.val_fraction, stratify=y,
-                                random_state=seed)  # fmt: skip
+        i_train, i_val = _split(
+            where, np.arange(len(y)), test_size=sp_split.val_fraction, stratify=y, random_state=seed
+        )
         x_train, x_val, y_train, y_val = x[i_train], x[i_val], y[i_train], y[i_val]
         extra = {"index_train": i_train, "index_val": i_val}  # rows of the dataset: its order
         x_test = np.asarray(test.data).reshape(len(test.data), -1)
@@ -362,14 +387,20 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
         splits = (x_train, y_train, x_val, y_val, x_test, y_test)
     x_train, y_train, x_val, y_val, x_test, y_test = splits
     if len(np.unique(y_train)) < 2:
-        raise ParamsError(f"studies.{study}.data: every training row is of class {int(y_train[0])}; "
-                          "allowed: data with two classes or more (a threshold inside its range)")  # fmt: skip
-    for key, n, rows in (("train_subset", sp_split.train_subset, len(y_train)),
-                         ("test_subset", sp_split.test_subset, len(y_test))):  # fmt: skip
+        raise ParamsError(
+            f"studies.{study}.data: every training row is of class {int(y_train[0])}; "
+            "allowed: data with two classes or more (a threshold inside its range)"
+        )
+    for key, n, rows in (
+        ("train_subset", sp_split.train_subset, len(y_train)),
+        ("test_subset", sp_split.test_subset, len(y_test)),
+    ):
         if n is not None and n > rows:  # "the first N" of fewer rows would silently be all of them
             split = key.removesuffix("_subset")
-            raise ParamsError(f"studies.{study}.split.{key} = {n} is more than the {split} split's {rows} rows; "
-                              f"allowed: up to {rows}, or null for all of them")  # fmt: skip
+            raise ParamsError(
+                f"studies.{study}.split.{key} = {n} is more than the {split} split's {rows} rows; "
+                f"allowed: up to {rows}, or null for all of them"
+            )
     if sp_split.train_subset:  # the CI profile: a few thousand images
         x_train, y_train = x_train[: sp_split.train_subset], y_train[: sp_split.train_subset]
         n_val = max(sp_split.train_subset // 4, 10)
@@ -382,18 +413,25 @@ def prepare(study: str, sp: StudyParams, paths: Paths) -> dict:
     n_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     write_npz(
         paths.prepared(study),
-        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **extra,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        **extra,
         study=np.array(study),
-    )  # fmt: skip
+    )
     majority = int(np.bincount(y_train, minlength=n_classes).argmax())
     summary.update(
         n_classes=n_classes,
         sizes={"train": len(y_train), "val": len(y_val), "test": len(y_test)},
-        class_balance={s: _balance(y, n_classes) for s, y in
-                       (("train", y_train), ("val", y_val), ("test", y_test))},
+        class_balance={
+            s: _balance(y, n_classes) for s, y in (("train", y_train), ("val", y_val), ("test", y_test))
+        },
         majority_class=majority,
         majority_baseline_test=round(float((y_test == majority).mean()), 4),
-    )  # fmt: skip
+    )
     write_json(paths.prepared(study).with_suffix(".json"), summary)
     return summary
 
@@ -424,9 +462,7 @@ def normalize_stats(study: str, paths: Paths) -> dict:
     return stats
 
 
-def load_split(
-    study: str, split: str, normalize: str, paths: Paths, device: str = "cpu"
-) -> tuple:
+def load_split(study: str, split: str, normalize: str, paths: Paths, device: str = "cpu") -> tuple:
     """Model inputs and labels of one split, normalised with training-split statistics."""
     import torch
 
@@ -442,8 +478,9 @@ def load_split(
     return x, torch.from_numpy(d[f"y_{split}"]).to(device)
 
 
-def shuffled_split(study: str, normalize: str, paths: Paths, seed: int, val_fraction: float,
-                   device: str = "cpu") -> dict:  # fmt: skip
+def shuffled_split(
+    study: str, normalize: str, paths: Paths, seed: int, val_fraction: float, device: str = "cpu"
+) -> dict:
     """Seed 001's split of the training pool (the training and validation rows, back in the
     dataset's order): ``np.random.shuffle`` of its indices, seeded by ``seed``; the first
     ``floor(val_fraction * n)`` are validation, the rest training. Not stratified."""

@@ -19,8 +19,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-STATS = ("pre_mean", "pre_std", "act_mean", "act_std", "saturated", "dead", "grad_norm", "grad_ratio",
-         "update_ratio")  # fmt: skip
+STATS = (
+    "pre_mean",
+    "pre_std",
+    "act_mean",
+    "act_std",
+    "saturated",
+    "dead",
+    "grad_norm",
+    "grad_ratio",
+    "update_ratio",
+)
 SATURATED = 0.97  # |tanh| above, or sigmoid within 0.03 of 0 or 1
 
 
@@ -82,8 +91,13 @@ class Probe:
 
     @torch.no_grad()
     def after(self, step: int) -> None:
-        ratio = torch.stack([(w - w0).flatten(1).norm(dim=1) / w0.flatten(1).norm(dim=1)
-                             for w, w0 in zip(self.model.weights, self._before)], dim=1).cpu()  # fmt: skip
+        ratio = torch.stack(
+            [
+                (w - w0).flatten(1).norm(dim=1) / w0.flatten(1).norm(dim=1)
+                for w, w0 in zip(self.model.weights, self._before)
+            ],
+            dim=1,
+        ).cpu()
         self._before = None
         for _, s, stats in self.points:
             if s == step:
@@ -105,8 +119,9 @@ class Probe:
         for label, step, stats in self.points:
             layers = stats["pre_mean"].shape[1]
             for k in range(layers):
-                out.append({"point": label, "step": step, "layer": k + 1,
-                            **{s: float(stats[s][m, k]) for s in STATS}})  # fmt: skip
+                out.append(
+                    {"point": label, "step": step, "layer": k + 1, **{s: float(stats[s][m, k]) for s in STATS}}
+                )
         return out
 
 

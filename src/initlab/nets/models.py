@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from initlab.nets.registry import init_linear
 from initlab.params.schema import InitSpec
 
-ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "sigmoid": (torch.sigmoid, nn.Sigmoid),
-               "tanh": (torch.tanh, nn.Tanh)}  # fmt: skip
+ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "sigmoid": (torch.sigmoid, nn.Sigmoid), "tanh": (torch.tanh, nn.Tanh)}
 
 
 def apply_head(h: Tensor, head: str) -> Tensor:
@@ -75,8 +74,9 @@ class StackedMLP(nn.Module):
                 init_linear(weight, self.biases[k].data[m], spec.name, spec.args, spec.bias, gen)
                 self.weights[k].data[m].copy_(weight if self.narrow[k] else weight.T)
 
-    def forward(self, x: Tensor, dropout: DropoutStreams | None = None, record: list | None = None,
-                upto: int | None = None) -> Tensor:  # fmt: skip
+    def forward(
+        self, x: Tensor, dropout: DropoutStreams | None = None, record: list | None = None, upto: int | None = None
+    ) -> Tensor:
         """``x``: ``(B, in)`` shared by all models, or ``(M, B, in)``. Returns ``(M, B, out)``.
 
         Training with dropout needs ``dropout``, the models' mask streams. ``record``, a list,
@@ -144,9 +144,15 @@ class StackedMLP(nn.Module):
         B = x.shape[1]
         flat = x.transpose(0, 1).reshape(B, M * n_in)
         y = F.batch_norm(
-            flat, self.bn_mean.view(-1), self.bn_var.view(-1), self.bn_weight.view(-1),
-            self.bn_bias.view(-1), training=self.training, momentum=0.1, eps=1e-5,
-        )  # fmt: skip
+            flat,
+            self.bn_mean.view(-1),
+            self.bn_var.view(-1),
+            self.bn_weight.view(-1),
+            self.bn_bias.view(-1),
+            training=self.training,
+            momentum=0.1,
+            eps=1e-5,
+        )
         return y.view(B, M, n_in).transpose(0, 1)
 
     def to_module(self, m: int, head: str | None = None) -> nn.Sequential:
@@ -173,8 +179,7 @@ class StackedMLP(nn.Module):
                 layers.append(ACTIVATIONS[self.activation][1]())
                 if self.dropout > 0:
                     layers.append(nn.Dropout(self.dropout))
-        layers.append({"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=-1)}.get(
-            head, nn.Identity()))  # fmt: skip
+        layers.append({"sigmoid": nn.Sigmoid(), "softmax": nn.Softmax(dim=-1)}.get(head, nn.Identity()))
         return nn.Sequential(*layers).eval()
 
 

@@ -58,19 +58,17 @@ class StackedAdam(StackedOptimizer):
     """m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
 
-    def __init__(
-        self, params: list[Tensor], lr: Tensor, betas=(0.9, 0.999), eps: float = 1e-8
-    ) -> None:
+    def __init__(self, params: list[Tensor], lr: Tensor, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(params, lr)
         self.b1, self.b2 = betas
         self.eps = eps
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         # One step counter per block and parameter, as torch keeps one per parameter.
-        self.steps = [[torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-                      for _ in self.blocks]  # fmt: skip
-        self._mv = [(self._views(self.m, a, b), self._views(self.v, a, b))
-                    for a, b, _ in self.blocks]  # fmt: skip
+        self.steps = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params] for _ in self.blocks
+        ]
+        self._mv = [(self._views(self.m, a, b), self._views(self.v, a, b)) for a, b, _ in self.blocks]
         fused_ok = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         self.fused = fused_ok or None
 
@@ -80,9 +78,22 @@ class StackedAdam(StackedOptimizer):
             raise RuntimeError("StackedAdam.step: every parameter needs a gradient")
         grads = [p.grad for p in self.params]
         for (a, b, lr), (ms, vs), steps in zip(self.blocks, self._mv, self.steps):
-            adam(self._views(self.params, a, b), self._views(grads, a, b), ms, vs, [], steps,
-                 fused=self.fused, amsgrad=False, beta1=self.b1, beta2=self.b2, lr=lr,
-                 weight_decay=0.0, eps=self.eps, maximize=False)  # fmt: skip
+            adam(
+                self._views(self.params, a, b),
+                self._views(grads, a, b),
+                ms,
+                vs,
+                [],
+                steps,
+                fused=self.fused,
+                amsgrad=False,
+                beta1=self.b1,
+                beta2=self.b2,
+                lr=lr,
+                weight_decay=0.0,
+                eps=self.eps,
+                maximize=False,
+            )
 
 
 def make_optimizer(name: str, params: list[Tensor], lr: Tensor) -> StackedOptimizer:

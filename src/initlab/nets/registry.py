@@ -66,9 +66,7 @@ def constant(w: Tensor, generator: torch.Generator | None = None, *, val: float 
     return nn.init.constant_(w, val)
 
 
-def uniform(
-    w: Tensor, generator: torch.Generator | None = None, *, a: float = 0.0, b: float = 1.0
-) -> Tensor:
+def uniform(w: Tensor, generator: torch.Generator | None = None, *, a: float = 0.0, b: float = 1.0) -> Tensor:
     """w ~ U(a, b); seed 001 tries U(0, 1) and U(-0.5, 0.5)."""
     return nn.init.uniform_(w, a, b, generator=generator)
 
@@ -153,8 +151,9 @@ def lecun_normal(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fans(w)[0]), generator=generator)
 
 
-def large_random(w: Tensor, generator: torch.Generator | None = None, *,
-                 scale: Annotated[float, Gt(0)] = 10.0) -> Tensor:
+def large_random(
+    w: Tensor, generator: torch.Generator | None = None, *, scale: Annotated[float, Gt(0)] = 10.0
+) -> Tensor:
     """w ~ scale * N(0, 1), scale = 10: the "large random" start of deeplearning.ai's
     initialisation exercise (``np.random.randn(n_l, n_{l-1}) * 10``), which saturates the sigmoid
     output at once: its loss starts near infinity and training crawls."""
@@ -175,8 +174,11 @@ def orthogonal(
 
 
 def lsuv(
-    w: Tensor, generator: torch.Generator | None = None, *, tol: Annotated[float, Gt(0)] = 0.1,
-    max_rounds: Annotated[int, Gt(0), Le(1000)] = 10
+    w: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    tol: Annotated[float, Gt(0)] = 0.1,
+    max_rounds: Annotated[int, Gt(0), Le(1000)] = 10,
 ) -> Tensor:
     """Layer-sequential unit variance: an orthonormal start (``orthogonal``, gain 1), then, first
     layer to last, the layer's weight divided by the standard deviation of its output (the
@@ -293,8 +295,11 @@ class Loss:
     def classes_allowed(self) -> str:
         if self.max_classes == self.min_classes:
             return f"{self.min_classes} classes"
-        return f"{self.min_classes} classes or more" if self.max_classes is None else \
-            f"{self.min_classes} to {self.max_classes} classes"
+        return (
+            f"{self.min_classes} classes or more"
+            if self.max_classes is None
+            else f"{self.min_classes} to {self.max_classes} classes"
+        )
 
     @property
     def formula(self) -> str:

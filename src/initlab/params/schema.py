@@ -93,13 +93,17 @@ class LineSource(Strict):
             raise ValueError(f"start = {self.start:g} is not below stop = {self.stop:g}; allowed: start < stop")
         n = math.ceil((self.stop - self.start) / self.step)  # torch.arange's length
         if not 2 <= n <= MAX_LINE_POINTS:
-            raise ValueError(f"step = {self.step:g} gives {n:,} points from start {self.start:g} to stop "
-                             f"{self.stop:g}; allowed: a step giving 2 to {MAX_LINE_POINTS:,} points")  # fmt: skip
+            raise ValueError(
+                f"step = {self.step:g} gives {n:,} points from start {self.start:g} to stop "
+                f"{self.stop:g}; allowed: a step giving 2 to {MAX_LINE_POINTS:,} points"
+            )
         last = self.start + (n - 1) * self.step
         if not self.start <= self.threshold < last:
-            raise ValueError(f"threshold = {self.threshold:g} puts every point from start = {self.start:g} to "
-                             f"stop = {self.stop:g} (the last x = {last:g}) in one class; allowed: from "
-                             f"{self.start:g} up to below {last:g}")  # fmt: skip
+            raise ValueError(
+                f"threshold = {self.threshold:g} puts every point from start = {self.start:g} to "
+                f"stop = {self.stop:g} (the last x = {last:g}) in one class; allowed: from "
+                f"{self.start:g} up to below {last:g}"
+            )
         return self
 
 
@@ -158,12 +162,19 @@ class TableSource(Strict):
 
 
 # scikit-learn's generators that return (x, y) for classification.
-SKLEARN_GENERATORS = ("make_blobs", "make_circles", "make_classification", "make_gaussian_quantiles",
-                      "make_hastie_10_2", "make_moons")  # fmt: skip
+SKLEARN_GENERATORS = (
+    "make_blobs",
+    "make_circles",
+    "make_classification",
+    "make_gaussian_quantiles",
+    "make_hastie_10_2",
+    "make_moons",
+)
 
 DATA_KINDS = ("line", "ecg", "sklearn", "torchvision", "table")
-Source = Annotated[LineSource | EcgSource | SklearnSource | TorchvisionSource | TableSource,
-                   Field(discriminator="kind")]  # fmt: skip
+Source = Annotated[
+    LineSource | EcgSource | SklearnSource | TorchvisionSource | TableSource, Field(discriminator="kind")
+]
 
 
 class Split(Strict):
@@ -179,8 +190,10 @@ class Split(Strict):
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> Split:
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction = "
-                             f"{self.val_fraction + self.test_fraction:g}; allowed: a sum below 1")  # fmt: skip
+            raise ValueError(
+                f"val_fraction + test_fraction = "
+                f"{self.val_fraction + self.test_fraction:g}; allowed: a sum below 1"
+            )
         return self
 
 
@@ -213,8 +226,9 @@ class InitSpec(Strict):
         types = init_arg_types(self.name)
         for key, value in self.args.items():
             if key not in types:
-                raise ValueError(f"args: {self.name} takes no argument {key!r}; allowed: "
-                                 f"{', '.join(types) or 'none'}")  # fmt: skip
+                raise ValueError(
+                    f"args: {self.name} takes no argument {key!r}; allowed: {', '.join(types) or 'none'}"
+                )
             try:
                 TypeAdapter(types[key], config=ConfigDict(strict=True)).validate_python(value)
             except ValidationError as exc:
@@ -409,8 +423,9 @@ class StudyParams(Strict):
         named += [("train.reproduce.inits", label) for label in (st.reproduce.inits if st.reproduce else [])]
         for where, label in named:
             if label not in self.inits:
-                raise ValueError(f"{where}: {label!r} is not in this study's inits; "
-                                 f"allowed: {', '.join(self.inits)}")  # fmt: skip
+                raise ValueError(
+                    f"{where}: {label!r} is not in this study's inits; allowed: {', '.join(self.inits)}"
+                )
         return self
 
 
@@ -432,8 +447,9 @@ class Params(Strict):
     def study(self, name: str) -> StudyParams:
         """The study called ``name``; a ``ParamsError`` naming the studies there are if none is."""
         if name not in self.studies:
-            raise ParamsError(f"unknown study {name!r}; allowed: {', '.join(self.studies)} "
-                              "(the keys of studies: in params.yaml)")  # fmt: skip
+            raise ParamsError(
+                f"unknown study {name!r}; allowed: {', '.join(self.studies)} (the keys of studies: in params.yaml)"
+            )
         return self.studies[name]
 
 
@@ -445,9 +461,13 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     # Drop pydantic's union branch tags ("float", "literal['zeros','default']",
     # "function-after[_float32(), float]") from the key.
-    loc = [str(p) for i, p in enumerate(err["loc"])
-           if str(p) not in ("float", "int", "str", "bool") and not re.match(r"[a-z-]+\[", str(p))
-           and not (i and err["loc"][i - 1] == "data" and str(p) in DATA_KINDS)]  # a source's kind tag
+    loc = [
+        str(p)
+        for i, p in enumerate(err["loc"])
+        if str(p) not in ("float", "int", "str", "bool")
+        and not re.match(r"[a-z-]+\[", str(p))
+        and not (i and err["loc"][i - 1] == "data" and str(p) in DATA_KINDS)
+    ]  # a source's kind tag
     key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":

@@ -54,12 +54,18 @@ def variant_table(vt: pd.DataFrame, label: str) -> pd.DataFrame:
     whose figures print the same share one row."""
     rows = []
     order = vt.assign(_best=vt["verdict"] != "best")
-    for r in order.sort_values(["_best", "mean", "variant"], ascending=[True, False, True],
-                               na_position="last").to_dict("records"):  # fmt: skip
-        rows.append({"variants": r["variant"], label: _ci_of(r),
-                     "verdict (paired t-test vs best, Holm)": _verdict(r),
-                     "diverged": f"{r['diverged']}/{r['n']}" if r["diverged"] else "no",
-                     "seeds": r["n"]})  # fmt: skip
+    for r in order.sort_values(
+        ["_best", "mean", "variant"], ascending=[True, False, True], na_position="last"
+    ).to_dict("records"):
+        rows.append(
+            {
+                "variants": r["variant"],
+                label: _ci_of(r),
+                "verdict (paired t-test vs best, Holm)": _verdict(r),
+                "diverged": f"{r['diverged']}/{r['n']}" if r["diverged"] else "no",
+                "seeds": r["n"],
+            }
+        )
     table = pd.DataFrame(rows)
     same = [c for c in table.columns if c != "variants"]
     inits = dict(zip(vt["variant"], vt["init"]))
@@ -83,8 +89,14 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)  # "0.990" stays "0.990"
 
 
-def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None = None, n_classes: int = 2,
-            question: bool = True) -> str:  # fmt: skip
+def summary(
+    sp,
+    vt: pd.DataFrame,
+    baseline: float,
+    final_loss: pd.Series | None = None,
+    n_classes: int = 2,
+    question: bool = True,
+) -> str:
     """Three to five sentences from the numbers: the question, the answer, the evidence. With
     ``final_loss`` (per variant, its last epoch's training loss), the variants at chance say it,
     beside ln(classes), the loss of a model that has learnt nothing."""
@@ -96,14 +108,23 @@ def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None 
     diverged = own[own["verdict"] == "diverged"]
     out = [f"*{sp.question}*"] if sp.question and question else []
     if len(chance) == len(own):
-        return " ".join([*out, f"No variant learns: every one sits at chance (the majority class, {baseline:.3f}; "
-                         f"95 % intervals at most {baseline + 0.02:.3f} over {best['n']} seeds)."])  # fmt: skip
-    out.append(f"Best on held-out test accuracy: `{best['variant']}`, "
-               f"{_ci_of(best)} (mean [95 % interval] over {best['n']} seeds).")
+        return " ".join(
+            [
+                *out,
+                f"No variant learns: every one sits at chance (the majority class, {baseline:.3f}; "
+                f"95 % intervals at most {baseline + 0.02:.3f} over {best['n']} seeds).",
+            ]
+        )
+    out.append(
+        f"Best on held-out test accuracy: `{best['variant']}`, "
+        f"{_ci_of(best)} (mean [95 % interval] over {best['n']} seeds)."
+    )
     if len(tie):
         names = ", ".join(f"`{v}`" for v in tie["variant"].head(4)) + (" …" if len(tie) > 4 else "")
-        out.append(f"{len(tie)} other variant{'s' if len(tie) > 1 else ''} cannot be told apart from it "
-                   f"(paired t-test over seeds, Holm-corrected, p >= 0.05): {names}.")
+        out.append(
+            f"{len(tie)} other variant{'s' if len(tie) > 1 else ''} cannot be told apart from it "
+            f"(paired t-test over seeds, Holm-corrected, p >= 0.05): {names}."
+        )
     else:
         out.append("Every other variant is worse than it (paired t-test over seeds, Holm-corrected, p < 0.05).")
     if len(worse):
@@ -112,8 +133,9 @@ def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None 
         at_chance = f"; {len(chance)} {sit} at chance (the majority class: {baseline:.3f})" if len(chance) else ""
         ce = chance[chance["loss"].isin(CE_LOSSES)]  # their loss, beside a uniform guess's: ln(classes)
         if len(ce) and final_loss is not None:
-            at_chance += ": " + ", ".join(f"`{v}` (final training loss {final_loss.get(v, np.nan):.3f})"
-                                          for v in ce["variant"].head(4))
+            at_chance += ": " + ", ".join(
+                f"`{v}` (final training loss {final_loss.get(v, np.nan):.3f})" for v in ce["variant"].head(4)
+            )
             at_chance += f"; ln {n_classes} = {np.log(n_classes):.3f} is the cross-entropy of a uniform guess"
         verb = "is" if len(worse) == 1 else "are"
         out.append(f"{len(worse)} {verb} worse, down to `{w['variant']}` at {_ci_of(w)}{at_chance}.")
@@ -125,10 +147,12 @@ def summary(sp, vt: pd.DataFrame, baseline: float, final_loss: pd.Series | None 
     edge = own[[marginal(p) for p in own["p_vs_best"]]]
     if len(edge):
         names = ", ".join(f"`{v}` ({r})" for v, r in zip(edge["variant"].head(4), edge["verdict"].head(4)))
-        out.append(f"{len(edge)} of these verdicts {'is' if len(edge) == 1 else 'are'} marginal "
-                   f"({MARGINAL[0]} <= p < {MARGINAL[1]}): another CPU's roundings can flip "
-                   f"{'it' if len(edge) == 1 else 'them'}, so read {'it' if len(edge) == 1 else 'them'} "
-                   f"as undecided: {names}{' …' if len(edge) > 4 else ''}.")  # fmt: skip
+        out.append(
+            f"{len(edge)} of these verdicts {'is' if len(edge) == 1 else 'are'} marginal "
+            f"({MARGINAL[0]} <= p < {MARGINAL[1]}): another CPU's roundings can flip "
+            f"{'it' if len(edge) == 1 else 'them'}, so read {'it' if len(edge) == 1 else 'them'} "
+            f"as undecided: {names}{' …' if len(edge) > 4 else ''}."
+        )
     return " ".join(out)
 
 
@@ -141,22 +165,28 @@ def protocol_table(vt: pd.DataFrame) -> tuple[list[str], str]:
     study's own run of that init (stratified split, eval mode, test set); and one sentence."""
     rep = vt[vt["reproduce"]]
     own = vt[~vt["reproduce"]].set_index(["init", "loss"])
-    lines = ["| init | seed's protocol: validation, dropout on | same models: test, eval mode | "
-             "our run: test, eval mode | gap (pp) |", "|---|---|---|---|---|"]
+    lines = [
+        "| init | seed's protocol: validation, dropout on | same models: test, eval mode | "
+        "our run: test, eval mode | gap (pp) |",
+        "|---|---|---|---|---|",
+    ]
     gaps = {}
     for r in rep.to_dict("records"):
         o = own.loc[(r["init"], r["loss"])] if (r["init"], r["loss"]) in own.index else None
         gap = 100 * (r["mean"] - r["test_mean"])
         gaps[r["init"]] = gap
         ours = _ci_of(o, "test_") if o is not None else "—"
-        lines.append(f"| {r['init']} | {_ci_of(r)} | "
-                     f"{_ci_of(r, 'test_')} | {ours} | {gap:+.1f} |")  # fmt: skip
+        lines.append(f"| {r['init']} | {_ci_of(r)} | {_ci_of(r, 'test_')} | {ours} | {gap:+.1f} |")
     trained = {k: g for k, g in gaps.items() if np.isfinite(g)}
     worst = max(trained, key=lambda k: abs(trained[k])) if trained else None
-    sentence = (f"Measured as the seed measures it (dropout on, validation rows of its own unstratified "
-                f"split), an init's figure is {np.mean(list(trained.values())):+.1f} percentage points from the "
-                f"proper one of the same models (eval mode, held-out test set) on average; the gap is largest "
-                f"for `{worst}` ({trained[worst]:+.1f} pp)." if worst else "")
+    sentence = (
+        f"Measured as the seed measures it (dropout on, validation rows of its own unstratified "
+        f"split), an init's figure is {np.mean(list(trained.values())):+.1f} percentage points from the "
+        f"proper one of the same models (eval mode, held-out test set) on average; the gap is largest "
+        f"for `{worst}` ({trained[worst]:+.1f} pp)."
+        if worst
+        else ""
+    )
     return lines, sentence
 
 
@@ -166,14 +196,34 @@ def _curve(curves: dict, run: str, key: str) -> np.ndarray:
 
 # One colour family per kind of initialiser, the same in every figure; a study's inits of one
 # family get shades of it, and a line's style is its loss.
-FAMILIES = {"zeros": "constant", "ones": "constant", "constant": "constant",
-            "uniform": "fixed range", "normal": "fixed range", "uniform_rule": "1/√n rule",
-            "normal_rule": "1/√n rule", "default": "PyTorch default", "xavier_uniform": "Xavier",
-            "xavier_normal": "Xavier", "kaiming_uniform": "Kaiming", "kaiming_normal": "Kaiming",
-            "lecun_normal": "1/√n rule", "large_random": "fixed range", "orthogonal": "orthogonal",
-            "lsuv": "LSUV"}  # fmt: skip
-CMAPS = {"constant": "Greys", "fixed range": "Oranges", "1/√n rule": "Greens", "PyTorch default": "Blues",
-         "Xavier": "Purples", "Kaiming": "Reds", "orthogonal": "YlOrBr", "LSUV": "PuRd"}  # fmt: skip
+FAMILIES = {
+    "zeros": "constant",
+    "ones": "constant",
+    "constant": "constant",
+    "uniform": "fixed range",
+    "normal": "fixed range",
+    "uniform_rule": "1/√n rule",
+    "normal_rule": "1/√n rule",
+    "default": "PyTorch default",
+    "xavier_uniform": "Xavier",
+    "xavier_normal": "Xavier",
+    "kaiming_uniform": "Kaiming",
+    "kaiming_normal": "Kaiming",
+    "lecun_normal": "1/√n rule",
+    "large_random": "fixed range",
+    "orthogonal": "orthogonal",
+    "lsuv": "LSUV",
+}
+CMAPS = {
+    "constant": "Greys",
+    "fixed range": "Oranges",
+    "1/√n rule": "Greens",
+    "PyTorch default": "Blues",
+    "Xavier": "Purples",
+    "Kaiming": "Reds",
+    "orthogonal": "YlOrBr",
+    "LSUV": "PuRd",
+}
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -225,8 +275,9 @@ def _seed_mean(curves: dict, runs, key: str, n: int | None) -> np.ndarray:
     return np.nanmean(np.stack([c[:length] for c in cs]), axis=0) if length else np.array([])
 
 
-def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path,
-                  n_classes: int | None = None) -> None:  # fmt: skip
+def _curve_panels(
+    df, curves, inits, title: str, xlabel: str, n: int | None, logx: bool, out: Path, n_classes: int | None = None
+) -> None:
     """One line per variant (the mean over its seeds), a panel per family (``_facets``); with
     ``n_classes`` and only cross-entropy losses, a dashed line at ln(classes), a uniform guess."""
     own = df[~df["reproduce"]]
@@ -241,15 +292,21 @@ def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, log
         for run in part.itertuples():
             c = _seed_mean(curves, seeds[run.variant], "step_loss", n)
             if len(c):
-                ax.plot(np.arange(1, len(c) + 1), c, color=colours[run.init, run.normalize, run.lr],
-                        ls=styles[run.loss], lw=1.2, label=_label(run, sub))  # fmt: skip
+                ax.plot(
+                    np.arange(1, len(c) + 1),
+                    c,
+                    color=colours[run.init, run.normalize, run.lr],
+                    ls=styles[run.loss],
+                    lw=1.2,
+                    label=_label(run, sub),
+                )
         if n_classes and set(sub["loss"]) <= set(CE_LOSSES):
             ax.axhline(np.log(n_classes), color="grey", ls="--", lw=0.8, label=f"ln {n_classes}: uniform guess")
         ax.set(title=name, xlabel=xlabel, yscale="log", xscale="log" if logx else "linear")
         ax.legend(fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("training loss (log scale)")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
@@ -259,16 +316,23 @@ def _curve_panels(df, curves, inits, title: str, xlabel: str, n: int | None, log
 
 def fig_first_batches(df, curves, inits, n, out: Path) -> None:
     seeds = df["seed"].nunique()
-    _curve_panels(df, curves, inits, f"training loss over the first {n} batches, mean over {seeds} seeds",
-                  "batch", n, False, out)  # fmt: skip
+    _curve_panels(
+        df,
+        curves,
+        inits,
+        f"training loss over the first {n} batches, mean over {seeds} seeds",
+        "batch",
+        n,
+        False,
+        out,
+    )
 
 
 def fig_loss_curves(df, curves, inits, title: str, out: Path, n_classes: int | None = None) -> None:
     _curve_panels(df, curves, inits, title, "optimiser step (log scale)", None, True, out, n_classes)
 
 
-def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tuple[int, int],
-                        out: Path) -> None:  # fmt: skip
+def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tuple[int, int], out: Path) -> None:
     """The first layer's initial weights (``shape``: fan-out, fan-in) under each initialiser."""
     cols = 5
     rows = -(-len(labels) // cols)
@@ -280,7 +344,7 @@ def fig_init_histograms(inits: dict[str, InitSpec], labels: list[str], shape: tu
         ax.hist(w.flatten().numpy(), bins=80, color=plt.get_cmap(CMAPS.get(family(inits, label), "YlOrBr"))(0.7))
         ax.set_title(f"{label} ({family(inits, label)})\nmean {w.mean():.3g}, std {w.std():.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     fig.suptitle(f"initial weights of a {shape[1]} -> {shape[0]} layer, per initialiser (colour: its family)")
     fig.tight_layout()
@@ -337,8 +401,9 @@ def fig_layers(df, diag, sp, title: str, out: Path) -> None:
     hidden layer's activations, and the norm of the loss gradient of each layer's weights
     (Glorot & Bengio 2010, figures 6-7; He et al. 2015): one line per init, mean over seeds."""
     runs = _first_setting(df, sp)
-    d = diag[diag["point"] == "init"].merge(runs[["run_name", "init", *(["model"] if "model" in runs else [])]],
-                                            on="run_name")  # fmt: skip
+    d = diag[diag["point"] == "init"].merge(
+        runs[["run_name", "init", *(["model"] if "model" in runs else [])]], on="run_name"
+    )
     models = list(dict.fromkeys(d["model"])) if "model" in d else [""]
     colours, _ = line_styles(runs.drop_duplicates("init"), sp.inits)
     fig, axes = plt.subplots(2, len(models), figsize=(max(8.0, 5.4 * len(models)), 6.4), squeeze=False)
@@ -379,8 +444,13 @@ def fig_saturation(df, diag, sp, out: Path) -> None:
             c = cmap(i / max(1, len(layers) - 1))
             part = mean.loc[layer]
             axes[0, j].plot(part.index, part["act_mean"], "o-", ms=3, color=c, label=f"layer {layer}")
-            axes[0, j].fill_between(part.index, part["act_mean"] - part["act_std"],
-                                    part["act_mean"] + part["act_std"], color=c, alpha=0.12)  # fmt: skip
+            axes[0, j].fill_between(
+                part.index,
+                part["act_mean"] - part["act_std"],
+                part["act_mean"] + part["act_std"],
+                color=c,
+                alpha=0.12,
+            )
             axes[1, j].plot(part.index, part["saturated"], "o-", ms=3, color=c, label=f"layer {layer}")
         axes[0, j].set(title=f"{m} · {init}" if m else init)
         axes[1, j].set(xlabel="optimiser step", ylim=(-0.02, 1.02))
@@ -410,8 +480,9 @@ def fig_boundaries(df, sp, study: str, paths: Paths, out: Path) -> None:
             z = _probability(run, study, paths, xx, yy)
             ax.contourf(xx, yy, z, levels=20, cmap="RdBu_r", alpha=0.5)
             ax.contour(xx, yy, z, levels=[0.5], colors="k")
-        ax.set_title(f"{run['init']}: train {run['train_accuracy']:.2f}, test {run['test_accuracy']:.2f}",
-                     fontsize=10)  # fmt: skip
+        ax.set_title(
+            f"{run['init']}: train {run['train_accuracy']:.2f}, test {run['test_accuracy']:.2f}", fontsize=10
+        )
         ax.set(xticks=[], yticks=[])
     fig.suptitle(f"{study}: decision boundaries, seed {runs['seed'].min()}, {sp.train.losses[0]}")
     fig.tight_layout()
@@ -456,10 +527,12 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
         top = v[v["verdict"].isin(["best", "indistinguishable"])].sort_values("mean", ascending=False)
         edge = [k for k in v.index if marginal(v.loc[k, "p_vs_best"])]
         # The top group, not its first place: which of its members leads moves with the CPU's roundings.
-        ours = (f"top by {row.label or row.metric} (the highest mean and those indistinguishable from it, "
-                f"paired t-test, Holm): {', '.join(map(fmt, top.index))}; "
-                f"worse: {int((v['verdict'] == 'worse').sum())}"
-                + (f"; marginal ({MARGINAL[0]} <= p < {MARGINAL[1]}): {', '.join(edge)}" if edge else ""))  # fmt: skip
+        ours = (
+            f"top by {row.label or row.metric} (the highest mean and those indistinguishable from it, "
+            f"paired t-test, Holm): {', '.join(map(fmt, top.index))}; "
+            f"worse: {int((v['verdict'] == 'worse').sum())}"
+            + (f"; marginal ({MARGINAL[0]} <= p < {MARGINAL[1]}): {', '.join(edge)}" if edge else "")
+        )
     elif row.show == "percent":
         ours = f"{100 * values.mean():.{row.digits}f} %"
     elif row.show == "mean_std":
@@ -488,16 +561,23 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
     for study in studies:
         if paths.evaluated(study).exists():
             df = read_csv(paths.evaluated(study), ("run_name", "variant", "test_accuracy"))
-            df = df.merge(read_csv(paths.trained(study) / "runs.csv", ("run_name", "arch"))[["run_name", "arch"]],
-                          on="run_name")  # fmt: skip
+            df = df.merge(
+                read_csv(paths.trained(study) / "runs.csv", ("run_name", "arch"))[["run_name", "arch"]],
+                on="run_name",
+            )
             frames[study] = df
             summaries[study] = read_json(paths.prepared(study).with_suffix(".json"))
-    md += ["# initlab report", "",
-           "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
-           "held-out test splits unless a row says otherwise, as the mean over seeds and its 95 % "
-           "interval (Student t). Which variants are best is decided by paired t-tests over seeds "
-           "against the study's best (Holm-corrected), not by ranking means.", "",
-           "## The seeds' figures beside ours", ""]  # fmt: skip
+    md += [
+        "# initlab report",
+        "",
+        "Every number below was produced by `dvc repro` from `params.yaml`; accuracies are on "
+        "held-out test splits unless a row says otherwise, as the mean over seeds and its 95 % "
+        "interval (Student t). Which variants are best is decided by paired t-tests over seeds "
+        "against the study's best (Holm-corrected), not by ranking means.",
+        "",
+        "## The seeds' figures beside ours",
+        "",
+    ]
     md += seed_comparison(params, frames) + [""]
     for study, df in frames.items():
         s = summaries[study]
@@ -505,13 +585,17 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
         sp = params.study(study)
         md += [f"## {sp.title}", ""]
         sizes = s["sizes"]
-        md.append(f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
-                  f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}.")
+        md.append(
+            f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
+            f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}."
+        )
         if "beats" in s:  # an ECG study
-            md.append(f"{s['beats']} beats, mean {s['bpm_mean']} ± {s['bpm_std']} bpm; label = bpm > "
-                      f"{s['threshold_bpm']:.2f} (the training split's median unless set); class "
-                      f"balance (0/1) train {s['class_balance']['train']}, test "
-                      f"{s['class_balance']['test']}.")  # fmt: skip
+            md.append(
+                f"{s['beats']} beats, mean {s['bpm_mean']} ± {s['bpm_std']} bpm; label = bpm > "
+                f"{s['threshold_bpm']:.2f} (the training split's median unless set); class "
+                f"balance (0/1) train {s['class_balance']['train']}, test "
+                f"{s['class_balance']['test']}."
+            )
         vt = read_csv(paths.variants(study), ("variant", "mean", "verdict"))
         note = profile_note(study, sp)
         md += ["", note, ""] if note else [""]
@@ -521,33 +605,59 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             md += [f"*{sp.question}*", ""] if sp.question else []
             for m, part in own.groupby("model", sort=False):
                 spec = sp.train.models[m]
-                head = (f"**Model `{m}`** ({len(spec.hidden)} hidden layers of {spec.hidden[0]}, "
-                        f"{spec.activation}). ")
-                md += [head + summary(sp, part, s["majority_baseline_test"], final_loss, s["n_classes"], False),
-                       "", _markdown(variant_table(part, "test accuracy [95 % CI]")), ""]  # fmt: skip
+                head = (
+                    f"**Model `{m}`** ({len(spec.hidden)} hidden layers of {spec.hidden[0]}, {spec.activation}). "
+                )
+                md += [
+                    head + summary(sp, part, s["majority_baseline_test"], final_loss, s["n_classes"], False),
+                    "",
+                    _markdown(variant_table(part, "test accuracy [95 % CI]")),
+                    "",
+                ]
         else:
-            md += [summary(sp, vt, s["majority_baseline_test"], final_loss, s["n_classes"]), "",
-                   _markdown(variant_table(own, "test accuracy [95 % CI]")), ""]  # fmt: skip
+            md += [
+                summary(sp, vt, s["majority_baseline_test"], final_loss, s["n_classes"]),
+                "",
+                _markdown(variant_table(own, "test accuracy [95 % CI]")),
+                "",
+            ]
         if vt["reproduce"].any():
             rp = sp.train.reproduce
             if rp.validate_with_dropout or rp.split == "shuffle":
                 lines, sentence = protocol_table(vt)
-                md += ["The seed's own protocol (`reproduce-` rows: "
-                       + ("its own unstratified split, " if rp.split == "shuffle" else "")
-                       + ("validation with dropout on, " if rp.validate_with_dropout else "")
-                       + "the seed's figure is validation accuracy), beside the proper measurement:", "",
-                       *lines, "", sentence, ""]  # fmt: skip
+                md += [
+                    "The seed's own protocol (`reproduce-` rows: "
+                    + ("its own unstratified split, " if rp.split == "shuffle" else "")
+                    + ("validation with dropout on, " if rp.validate_with_dropout else "")
+                    + "the seed's figure is validation accuracy), beside the proper measurement:",
+                    "",
+                    *lines,
+                    "",
+                    sentence,
+                    "",
+                ]
             else:
-                md += ["Rows named `reproduce-…` run the seed's own setup"
-                       + (" on all data, so their test accuracy is not held out" if rp.all_data else "") + ":", "",
-                       _markdown(variant_table(vt[vt["reproduce"]], "validation accuracy")), ""]
+                md += [
+                    "Rows named `reproduce-…` run the seed's own setup"
+                    + (" on all data, so their test accuracy is not held out" if rp.all_data else "")
+                    + ":",
+                    "",
+                    _markdown(variant_table(vt[vt["reproduce"]], "validation accuracy")),
+                    "",
+                ]
         arch = json.loads(df["arch"].iloc[0])
         diag = read_csv(paths.trained(study) / "diagnostics.csv", ("run_name", "point", "layer"))
         deep = len(arch["sizes"]) > 3  # two hidden layers or more: a per-layer picture says something
         if sp.train.models:
             seeds = df["seed"].nunique()
-            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, mean over {seeds} seeds",
-                            figs / f"{study}_loss.png", s["n_classes"])  # fmt: skip
+            fig_loss_curves(
+                df,
+                curves,
+                sp.inits,
+                f"{study}: training loss, mean over {seeds} seeds",
+                figs / f"{study}_loss.png",
+                s["n_classes"],
+            )
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
             if any(m.activation != "relu" for m in sp.train.models.values()):
                 fig_saturation(df, diag, sp, figs / f"{study}_saturation.png")
@@ -556,10 +666,15 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             n = params.report.first_batches
             fig_first_batches(df, curves, sp.inits, n, figs / f"{study}_first_batches.png")
             labels = list(dict.fromkeys(df["init"]))
-            fig_init_histograms(sp.inits, labels, (arch["sizes"][1], arch["sizes"][0]),
-                                figs / f"{study}_init_histograms.png")  # fmt: skip
-            md += [f"![loss over the first {n} batches](figures/{study}_first_batches.png)",
-                   "", f"![initial weights](figures/{study}_init_histograms.png)", ""]  # fmt: skip
+            fig_init_histograms(
+                sp.inits, labels, (arch["sizes"][1], arch["sizes"][0]), figs / f"{study}_init_histograms.png"
+            )
+            md += [
+                f"![loss over the first {n} batches](figures/{study}_first_batches.png)",
+                "",
+                f"![initial weights](figures/{study}_init_histograms.png)",
+                "",
+            ]
             cls = [c for c in df.columns if c.startswith("test_accuracy_class_")]
             if cls:
                 best = df.groupby("variant")["test_accuracy"].mean().idxmax()
@@ -568,9 +683,14 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
 
                 names = FASHION_MNIST_CLASSES if sp.data.dataset == "FashionMNIST" else None
 
-                md += [f"Per-class test accuracy of the best variant (`{best}`): "
-                       + ", ".join(f"{names[int(c.rsplit('_', 1)[1])] if names else c.rsplit('_', 1)[1]} {v:.3f}"
-                                   for c, v in pc.items()), ""]  # fmt: skip
+                md += [
+                    f"Per-class test accuracy of the best variant (`{best}`): "
+                    + ", ".join(
+                        f"{names[int(c.rsplit('_', 1)[1])] if names else c.rsplit('_', 1)[1]} {v:.3f}"
+                        for c, v in pc.items()
+                    ),
+                    "",
+                ]
         elif arch["sizes"][0] == 2 and not df["reproduce"].any():  # a panel per init
             fig_boundaries(df, sp, study, paths, figs / f"{study}_boundary.png")
             md += [f"![{study} decision boundaries](figures/{study}_boundary.png)", ""]
@@ -579,17 +699,31 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             md += [f"![{study} decision boundary](figures/{study}_boundary.png)", ""]
         else:
             seeds = df["seed"].nunique()
-            fig_loss_curves(df, curves, sp.inits, f"{study}: training loss, mean over {seeds} seeds",
-                            figs / f"{study}_loss.png")  # fmt: skip
+            fig_loss_curves(
+                df,
+                curves,
+                sp.inits,
+                f"{study}: training loss, mean over {seeds} seeds",
+                figs / f"{study}_loss.png",
+            )
             md += [f"![{study} training loss](figures/{study}_loss.png)", ""]
         if deep:
-            fig_layers(df, diag, sp, f"{study}: per layer at initialisation (probe batch of "
-                       f"{sp.train.diagnostics.probe_rows} training rows), mean over seeds",
-                       figs / f"{study}_layers.png")  # fmt: skip
-            md += [f"![{study} activations and gradients per layer](figures/{study}_layers.png)", "",
-                   "Per-layer diagnostics of every run (init, chosen steps, end): "
-                   f"`pipeline/train/{study}/diagnostics.csv`, and each MLflow run's `diag/...` metrics "
-                   "(step = layer).", ""]  # fmt: skip
+            fig_layers(
+                df,
+                diag,
+                sp,
+                f"{study}: per layer at initialisation (probe batch of "
+                f"{sp.train.diagnostics.probe_rows} training rows), mean over seeds",
+                figs / f"{study}_layers.png",
+            )
+            md += [
+                f"![{study} activations and gradients per layer](figures/{study}_layers.png)",
+                "",
+                "Per-layer diagnostics of every run (init, chosen steps, end): "
+                f"`pipeline/train/{study}/diagnostics.csv`, and each MLflow run's `diag/...` metrics "
+                "(step = layer).",
+                "",
+            ]
     return "\n".join(md) + "\n"
 
 

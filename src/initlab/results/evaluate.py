@@ -73,8 +73,11 @@ def summarise(df: pd.DataFrame) -> dict:
     means = df.groupby("variant")["test_accuracy"].mean().dropna()
     out = {"diverged": round(float(df["diverged"].mean()), 4)}
     if len(means):
-        out.update(best_test_acc=round(float(means.max()), 4), mean_test_acc=round(float(means.mean()), 4),
-                   worst_test_acc=round(float(means.min()), 4))  # fmt: skip
+        out.update(
+            best_test_acc=round(float(means.max()), 4),
+            mean_test_acc=round(float(means.mean()), 4),
+            worst_test_acc=round(float(means.min()), 4),
+        )
     return out
 
 
@@ -92,16 +95,38 @@ def variant_stats(df: pd.DataFrame) -> pd.DataFrame:
         metric = "val_accuracy" if reproduce else "test_accuracy"
         v = verdicts(runs, metric)
         v.insert(1, "metric", metric)
-        ident = runs.groupby("variant", sort=False)[[*model_column(df), "init", "loss", "normalize", "lr",
-                                                     "reproduce"]].first()  # fmt: skip
-        test = pd.DataFrame([(name, *mean_interval(g["test_accuracy"].to_numpy(dtype=float)))
-                             for name, g in runs.groupby("variant", sort=False)],
-                            columns=["variant", "test_mean", "test_ci_low", "test_ci_high"])  # no second test
+        ident = runs.groupby("variant", sort=False)[
+            [*model_column(df), "init", "loss", "normalize", "lr", "reproduce"]
+        ].first()
+        test = pd.DataFrame(
+            [
+                (name, *mean_interval(g["test_accuracy"].to_numpy(dtype=float)))
+                for name, g in runs.groupby("variant", sort=False)
+            ],
+            columns=["variant", "test_mean", "test_ci_low", "test_ci_high"],
+        )  # no second test
         parts.append(v.merge(ident, left_on="variant", right_index=True).merge(test, on="variant"))
     out = pd.concat(parts, ignore_index=True)
-    cols = ["variant", *model_column(df), "init", "loss", "normalize", "lr", "reproduce", "n", "diverged",
-            "metric", "mean", "ci_low", "ci_high", "p_vs_best", "verdict", "test_mean", "test_ci_low",
-            "test_ci_high"]  # fmt: skip
+    cols = [
+        "variant",
+        *model_column(df),
+        "init",
+        "loss",
+        "normalize",
+        "lr",
+        "reproduce",
+        "n",
+        "diverged",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "p_vs_best",
+        "verdict",
+        "test_mean",
+        "test_ci_low",
+        "test_ci_high",
+    ]
     return out[cols]
 
 

@@ -74,8 +74,16 @@ def verdicts(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = []
     for variant, g in df.groupby("variant", sort=False):
         mean, low, high = mean_interval(g[metric].to_numpy(dtype=float))
-        rows.append({"variant": variant, "n": len(g), "diverged": int(g["diverged"].sum()),
-                     "mean": mean, "ci_low": low, "ci_high": high})  # fmt: skip
+        rows.append(
+            {
+                "variant": variant,
+                "n": len(g),
+                "diverged": int(g["diverged"].sum()),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
     out = pd.DataFrame(rows)
     if out["mean"].notna().any():
         best = out.loc[out["mean"].idxmax(), "variant"]

@@ -149,8 +149,9 @@ def compare(reference: dict[str, dict], current: dict[str, dict]) -> Comparison:
                 continue
             va, vb = _values(a)[0], _values(b)[0]
             mean = (float(va.mean()) if len(va) else float("nan"), float(vb.mean()) if len(vb) else float("nan"))
-            out.moves.append(Move(study, variant, (len(va), len(vb)), mean, _half_width(va),
-                                  variant_p(a, b, pooled)))  # fmt: skip
+            out.moves.append(
+                Move(study, variant, (len(va), len(vb)), mean, _half_width(va), variant_p(a, b, pooled))
+            )
         for variant, was in ref.get("verdict", {}).items():
             now = cur.get("verdict", {}).get(variant)
             if now is not None and now != was:
@@ -170,22 +171,37 @@ def summary(c: Comparison, reference_platform: dict, current_platform: dict) -> 
     elif c.status == "within bound":
         worst = max(c.moves, key=lambda m: abs(m.delta) if math.isfinite(m.delta) else 0.0)
         rel = max(c.moves, key=lambda m: abs(m.delta) / m.spread if m.spread > 0 else 0.0)
-        lines.append(f"within bound: {len(c.moves)} variants moved, none beyond its seed spread "
-                     f"(Welch t-test per variant, Holm over {len(c.moves)}, family-wise alpha {ALPHA}); smallest "
-                     f"corrected p {min(m.p_holm for m in c.moves):.2g}")  # fmt: skip
-        lines.append(f"largest move: {worst.study}/{worst.variant} {worst.delta:+.4f} (committed 95 % half-width "
-                     f"{worst.spread:.4f})" + (f"; against its interval: {rel.study}/{rel.variant} {rel.delta:+.4f} = "
-                     f"{abs(rel.delta) / rel.spread:.2f} half-widths" if rel.spread > 0 else ""))  # fmt: skip
+        lines.append(
+            f"within bound: {len(c.moves)} variants moved, none beyond its seed spread "
+            f"(Welch t-test per variant, Holm over {len(c.moves)}, family-wise alpha {ALPHA}); smallest "
+            f"corrected p {min(m.p_holm for m in c.moves):.2g}"
+        )
+        lines.append(
+            f"largest move: {worst.study}/{worst.variant} {worst.delta:+.4f} (committed 95 % half-width "
+            f"{worst.spread:.4f})"
+            + (
+                f"; against its interval: {rel.study}/{rel.variant} {rel.delta:+.4f} = "
+                f"{abs(rel.delta) / rel.spread:.2f} half-widths"
+                if rel.spread > 0
+                else ""
+            )
+        )
     else:
-        why = ("on the committed results' own platform, where the bytes must match" if c.same_platform
-               else f"corrected p < {ALPHA}")  # fmt: skip
+        why = (
+            "on the committed results' own platform, where the bytes must match"
+            if c.same_platform
+            else f"corrected p < {ALPHA}"
+        )
         lines.append(f"regression: {len(c.regressions) + len(c.missing)} variants moved ({why})")
         lines += [f"  missing: {m}" for m in c.missing]
         for m in sorted(c.regressions, key=lambda m: m.p_holm):
-            lines.append(f"  {m.study}/{m.variant}: {m.mean[0]:.4f} -> {m.mean[1]:.4f} ({m.delta:+.4f}; "
-                         f"committed 95 % half-width {m.spread:.4f}; corrected p {m.p_holm:.2g})")  # fmt: skip
-    lines.append(("platform: the committed one, " if c.same_platform else "platform: ")
-                 + describe(current_platform))  # fmt: skip
+            lines.append(
+                f"  {m.study}/{m.variant}: {m.mean[0]:.4f} -> {m.mean[1]:.4f} ({m.delta:+.4f}; "
+                f"committed 95 % half-width {m.spread:.4f}; corrected p {m.p_holm:.2g})"
+            )
+    lines.append(
+        ("platform: the committed one, " if c.same_platform else "platform: ") + describe(current_platform)
+    )
     if not c.same_platform:
         lines.append(f"committed on: {describe(reference_platform)}")
     if c.verdicts_moved:
@@ -210,8 +226,10 @@ def committed_records(studies: list[str], paths, rev: str) -> dict[str, dict]:
             raise DataError(f"cannot run git ({exc}); verify reads the committed results from git") from None
         if p.returncode != 0:
             why = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "no output"
-            raise DataError(f"no committed {rel} at {rev} ({why}); allowed: a revision that has it, "
-                            "e.g. --against HEAD in a clone of the project")  # fmt: skip
+            raise DataError(
+                f"no committed {rel} at {rev} ({why}); allowed: a revision that has it, "
+                "e.g. --against HEAD in a clone of the project"
+            )
         out[study] = json.loads(p.stdout)
     return out
 

@@ -90,9 +90,13 @@ def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
     # Diagnostics: a history per point and statistic whose step is the layer (1 = first), so the
     # run's chart of diag/init/act_std is the activation std against depth. The others (means,
     # pre-activations, gradient ratio) are in pipeline/train/<study>/diagnostics.csv.
-    metrics += [Metric(f"diag/{key}", float(x), now, k + 1) for key, values in r.layers.items()
-                if key.split("/")[1] in LOGGED_STATS
-                for k, x in enumerate(values) if math.isfinite(x)]  # fmt: skip
+    metrics += [
+        Metric(f"diag/{key}", float(x), now, k + 1)
+        for key, values in r.layers.items()
+        if key.split("/")[1] in LOGGED_STATS
+        for k, x in enumerate(values)
+        if math.isfinite(x)
+    ]
     return metrics, [Param(k, v) for k, v in r.params.items()]
 
 
@@ -157,10 +161,14 @@ class ModelWriter:
             n_in, n_out = arch["sizes"][0], arch["sizes"][-1]
             sig = ModelSignature(*(Schema([TensorSpec(np.dtype(np.float32), (-1, n))]) for n in (n_in, n_out)))
             path = self.scratch / f"template-{len(self.templates)}"
-            mlflow.pytorch.save_model(module.eval(), path, serialization_format="pt2",
-                                      pip_requirements=self.requirements,
-                                      input_example=torch.zeros(2, n_in).numpy(),
-                                      signature=sig)  # fmt: skip
+            mlflow.pytorch.save_model(
+                module.eval(),
+                path,
+                serialization_format="pt2",
+                pip_requirements=self.requirements,
+                input_example=torch.zeros(2, n_in).numpy(),
+                signature=sig,
+            )
             self.templates[shape] = (path, torch.export.load(path / "data" / "model.pt2"))
         return self.templates[shape]
 
@@ -187,9 +195,13 @@ def store_runs(cl, experiment: str, status: str | None = None) -> dict[str, list
     keys: dict[str, list] = {}
     token = None
     while True:
-        page = cl.search_runs([experiment], f"attributes.status = '{status}'" if status else "",
-                              max_results=10_000, order_by=["attributes.start_time DESC"],
-                              page_token=token)  # fmt: skip
+        page = cl.search_runs(
+            [experiment],
+            f"attributes.status = '{status}'" if status else "",
+            max_results=10_000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
         for run in page:
             if key := run.data.tags.get(RUN_KEY_TAG):
                 keys.setdefault(key, []).append(run)
@@ -236,8 +248,16 @@ def new_run(cl, experiment: str, name: str, tags: dict, seconds: float | None = 
                 cl.set_terminated(run_id, status)
 
 
-def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int, models: ModelWriter | None,
-                dataset, runs: dict[str, list] | None = None) -> tuple[str, dict[str, str], int, int]:  # fmt: skip
+def log_variant(
+    cl,
+    experiment: str,
+    v: VariantRun,
+    tags: dict,
+    max_points: int,
+    models: ModelWriter | None,
+    dataset,
+    runs: dict[str, list] | None = None,
+) -> tuple[str, dict[str, str], int, int]:
     """``v`` as a parent run (its mean, interval and verdict) with one nested run per seed (its
     curves, metrics, dataset and model); returns the parent's id, the seeds' run ids, how many
     seeds' runs it logged and how many leftover runs it deleted.
@@ -260,21 +280,41 @@ def log_variant(cl, experiment: str, v: VariantRun, tags: dict, max_points: int,
     if parent_run is None:
         longest = max((r.seconds or 0.0 for r in v.runs), default=0.0)
         with new_run(cl, experiment, v.name, {**tags, **v.tags, RUN_KEY_TAG: v.key}, longest) as parent_info:
-            ids, logged = _log_seeds(cl, experiment, v, parent_info.run_id, tags, max_points, models, dataset,
-                                     runs, log_metrics=True)  # fmt: skip
+            ids, logged = _log_seeds(
+                cl, experiment, v, parent_info.run_id, tags, max_points, models, dataset, runs, log_metrics=True
+            )
         return parent_info.run_id, ids, logged, deleted
     parent = parent_run.info.run_id
-    ids, logged = _log_seeds(cl, experiment, v, parent, tags, max_points, models, dataset, runs,
-                             log_metrics=set(v.metrics) - set(parent_run.data.metrics) != set())  # fmt: skip
+    ids, logged = _log_seeds(
+        cl,
+        experiment,
+        v,
+        parent,
+        tags,
+        max_points,
+        models,
+        dataset,
+        runs,
+        log_metrics=set(v.metrics) - set(parent_run.data.metrics) != set(),
+    )
     if parent_run.info.status != "FINISHED":
         with deferred_signals(sql):
             cl.set_terminated(parent, "FINISHED")
     return parent, ids, logged, deleted
 
 
-def _log_seeds(cl, experiment: str, v: VariantRun, parent: str, tags: dict, max_points: int,
-               models: ModelWriter | None, dataset, runs: dict[str, list],
-               log_metrics: bool) -> tuple[dict[str, str], int]:  # fmt: skip
+def _log_seeds(
+    cl,
+    experiment: str,
+    v: VariantRun,
+    parent: str,
+    tags: dict,
+    max_points: int,
+    models: ModelWriter | None,
+    dataset,
+    runs: dict[str, list],
+    log_metrics: bool,
+) -> tuple[dict[str, str], int]:
     """The parent's metrics (when ``log_metrics``) and each seed's run not already FINISHED under
     ``parent`` (one FINISHED under another parent of the variant is moved under this one)."""
     from mlflow.entities import Metric
@@ -337,13 +377,13 @@ def dataset_input(study: str, paths: Paths):
     with warnings.catch_warnings():  # MLflow registers two local-file sources and says it picked one
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(path.resolve()))
-    ds = MetaDataset(source, name=f"{study} (prepared splits)",
-                     digest=sha256(path)[:16])  # fmt: skip
+    ds = MetaDataset(source, name=f"{study} (prepared splits)", digest=sha256(path)[:16])
     return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
 
 
-def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Paths,
-                progress: bool | None = None) -> dict:  # fmt: skip
+def log_studies(
+    params: Params, studies: dict[str, list[VariantRun]], paths: Paths, progress: bool | None = None
+) -> dict:
     """Log every run of ``studies`` not already FINISHED in its study's experiment.
 
     Returns ``{"runs": {study: {run_name: run_id}}, "parents": {study: {variant: run_id}},
@@ -364,9 +404,15 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
         tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
     out: dict = {"runs": {}, "parents": {}, "logged": 0, "skipped": 0, "orphans": 0, "deleted": 0}
     total = sum(len(v.runs) for vs in studies.values() for v in vs)
-    with tempfile.TemporaryDirectory(prefix="initlab-models-") as scratch, \
-            tqdm(total=total, desc=f"track {next(iter(studies), '')}", unit="run",
-                 disable=None if progress is None else not progress) as bar:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="initlab-models-") as scratch,
+        tqdm(
+            total=total,
+            desc=f"track {next(iter(studies), '')}",
+            unit="run",
+            disable=None if progress is None else not progress,
+        ) as bar,
+    ):
         models = ModelWriter(Path(scratch)) if settings.log_models else None
         try:
             for study, variants in studies.items():
@@ -382,15 +428,21 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                     experiment = cl.get_experiment_by_name(name)
                     exp = experiment.experiment_id
                     if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
-                        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: experiment {name} (id {exp}) is deleted; "
-                                         f"restore it (`mlflow experiments restore --experiment-id {exp}`) or "
-                                         "remove it for good (`mlflow gc`), then run track again")  # fmt: skip
+                        raise StoreError(
+                            f"MLFLOW_TRACKING_URI={uri}: experiment {name} (id {exp}) is deleted; "
+                            f"restore it (`mlflow experiments restore --experiment-id {exp}`) or "
+                            "remove it for good (`mlflow gc`), then run track again"
+                        )
                     cl.set_experiment_tag(exp, "mlflow.experimentKind", "custom_model_development")  # runs first
                     out["orphans"] += end_orphans(cl, exp)
                     runs = store_runs(cl, exp)
                     out["deleted"] += sweep_litter(cl, runs)
-                    done = {key: r.info.run_id for key, same in reversed(runs.items()) for r in reversed(same)
-                            if r.info.status == "FINISHED"}  # the latest FINISHED of each key
+                    done = {
+                        key: r.info.run_id
+                        for key, same in reversed(runs.items())
+                        for r in reversed(same)
+                        if r.info.status == "FINISHED"
+                    }  # the latest FINISHED of each key
                     out["runs"][study] = ids = {}
                     out["parents"][study] = parents = {}
                     for v in variants:
@@ -400,7 +452,8 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
                             out["skipped"] += len(v.runs)
                         else:
                             parents[v.name], mine, logged, deleted = log_variant(
-                                cl, exp, v, tags, settings.max_points_per_metric, models, datasets[study], runs)
+                                cl, exp, v, tags, settings.max_points_per_metric, models, datasets[study], runs
+                            )
                             ids.update(mine)
                             out["logged"] += logged
                             out["deleted"] += deleted
@@ -414,6 +467,8 @@ def log_studies(params: Params, studies: dict[str, list[VariantRun]], paths: Pat
             refused = write_refused(exc, Path(getattr(exc, "filename", None) or "mlruns"))
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             said = str(refused) if refused else f"{type(exc).__name__}: {first[:300]}"
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: logging failed after {out['logged']} runs "
-                             f"(the next track logs the rest): {said}") from exc  # fmt: skip
+            raise StoreError(
+                f"MLFLOW_TRACKING_URI={uri}: logging failed after {out['logged']} runs "
+                f"(the next track logs the rest): {said}"
+            ) from exc
     return out

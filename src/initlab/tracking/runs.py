@@ -99,11 +99,19 @@ def check_weights(path: Path, blob: bytes, arch: dict) -> None:
             state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - whatever a broken or hostile file raises: it is unreadable
         # torch's own words are a page on its weights_only default; say what it means here.
-        raise unreadable(path, ValueError(f"{type(exc).__name__}: no weights that load with weights_only=True: "
-                                          "corrupt, or a pickle carrying code, which is never run")) from None
+        raise unreadable(
+            path,
+            ValueError(
+                f"{type(exc).__name__}: no weights that load with weights_only=True: "
+                "corrupt, or a pickle carrying code, which is never run"
+            ),
+        ) from None
     want = _shapes(json.dumps(arch, sort_keys=True))
-    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
-        if isinstance(state, dict) else None  # fmt: skip
+    got = (
+        {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        if isinstance(state, dict)
+        else None
+    )
     if got is None or got != want or len(state) != len(want):
         raise unreadable(path, ValueError(f"not the state_dict of its model {arch['sizes']}"))
 
@@ -134,18 +142,21 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
     runs = read_csv(folder / "runs.csv", ("run_name", "arch"))
     evaluated = read_csv(table, ("run_name", "init", "loss", "normalize", "lr", "seed", "reproduce", "diverged"))
     if not _same_rows(runs, evaluated):
-        raise ParamsError(f"{table} does not match {folder / 'runs.csv'} (trained again since it "
-                          f"was evaluated); {fix}")  # fmt: skip
+        raise ParamsError(
+            f"{table} does not match {folder / 'runs.csv'} (trained again since it was evaluated); {fix}"
+        )
     curves = read_npz(folder / "curves.npz")
     diag = read_csv(folder / "diagnostics.csv", ("run_name", "point", "layer"))
     layers = {str(name): g for name, g in diag.groupby("run_name", sort=False)}
     timing = paths.timing(f"train-{study}")  # not an output (times differ run to run): no key part
     seconds = json.loads(timing.read_text()).get("run_seconds", {}) if timing.exists() else {}
     sp = params.study(study)
-    common = _flat("train", sp.train.model_dump(exclude={"inits", "losses", "normalize", "lr", "seeds",
-                                                         "reproduce"}))  # fmt: skip
-    config = hashlib.sha256(json.dumps([sp.data.model_dump(), sp.split.model_dump(), common], sort_keys=True,
-                                       default=str).encode()).hexdigest()[:8]  # fmt: skip
+    common = _flat(
+        "train", sp.train.model_dump(exclude={"inits", "losses", "normalize", "lr", "seeds", "reproduce"})
+    )
+    config = hashlib.sha256(
+        json.dumps([sp.data.model_dump(), sp.split.model_dump(), common], sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
     vt = read_csv(paths.variants(study), ("variant", "metric", "mean", "ci_low", "ci_high", "verdict"))
     by_variant: dict[str, list] = {}
     for row, arch_json in zip(evaluated.to_dict("records"), runs["arch"]):
@@ -155,51 +166,106 @@ def trained_runs(params: Params, study: str, paths: Paths) -> list[VariantRun]:
     out = []
     for v in vt.to_dict("records"):
         first = by_variant[v["variant"]][0][0]
-        ident = {"init": str(first["init"]), "loss": first["loss"], "normalize": first["normalize"],
-                 "lr": f"{float(first['lr']):g}", "reproduce": str(bool(first["reproduce"])).lower(),
-                 **({"model": str(first["model"])} if "model" in first else {})}  # fmt: skip
-        tags = {"study": study, "variant": v["variant"], "config": config,
-                "variant_config": f"{v['variant']}@{config}", **ident}  # fmt: skip
+        ident = {
+            "init": str(first["init"]),
+            "loss": first["loss"],
+            "normalize": first["normalize"],
+            "lr": f"{float(first['lr']):g}",
+            "reproduce": str(bool(first["reproduce"])).lower(),
+            **({"model": str(first["model"])} if "model" in first else {}),
+        }
+        tags = {
+            "study": study,
+            "variant": v["variant"],
+            "config": config,
+            "variant_config": f"{v['variant']}@{config}",
+            **ident,
+        }
         m = v["metric"]
-        metrics = {f"{m}_mean": v["mean"], f"{m}_ci_low": v["ci_low"], f"{m}_ci_high": v["ci_high"],
-                   "p_vs_best": v["p_vs_best"], "seeds": v["n"], "diverged_seeds": v["diverged"],
-                   "test_accuracy_mean": v["test_mean"], "test_accuracy_ci_low": v["test_ci_low"],
-                   "test_accuracy_ci_high": v["test_ci_high"]}  # fmt: skip
+        metrics = {
+            f"{m}_mean": v["mean"],
+            f"{m}_ci_low": v["ci_low"],
+            f"{m}_ci_high": v["ci_high"],
+            "p_vs_best": v["p_vs_best"],
+            "seeds": v["n"],
+            "diverged_seeds": v["diverged"],
+            "test_accuracy_mean": v["test_mean"],
+            "test_accuracy_ci_low": v["test_ci_low"],
+            "test_accuracy_ci_high": v["test_ci_high"],
+        }
         metrics = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and math.isfinite(x)}
-        pkey = run_key(b"", [LOG_FORMAT, study, v, tags, params.tracking.model_dump(),
-                             [r["run_name"] for r, _ in by_variant[v["variant"]]]], {})  # fmt: skip
-        children = [_trained_run(params, study, sp, folder, curves, layers, row, arch_json, common, seconds,
-                                 fix, {**tags, "verdict": v["verdict"]}, pkey)
-                    for row, arch_json in by_variant[v["variant"]]]  # fmt: skip
+        pkey = run_key(
+            b"",
+            [
+                LOG_FORMAT,
+                study,
+                v,
+                tags,
+                params.tracking.model_dump(),
+                [r["run_name"] for r, _ in by_variant[v["variant"]]],
+            ],
+            {},
+        )
+        children = [
+            _trained_run(
+                params,
+                study,
+                sp,
+                folder,
+                curves,
+                layers,
+                row,
+                arch_json,
+                common,
+                seconds,
+                fix,
+                {**tags, "verdict": v["verdict"]},
+                pkey,
+            )
+            for row, arch_json in by_variant[v["variant"]]
+        ]
         key = hashlib.sha256("".join([pkey, *(c.key for c in children)]).encode()).hexdigest()
         out.append(VariantRun(v["variant"], {**tags, "verdict": v["verdict"]}, metrics, key, children))
     return out
 
 
-def _trained_run(params, study, sp, folder, curves, layers, row, arch_json, common, seconds, fix, variant_tags,
-                 parent_key) -> TrainedRun:  # fmt: skip
+def _trained_run(
+    params, study, sp, folder, curves, layers, row, arch_json, common, seconds, fix, variant_tags, parent_key
+) -> TrainedRun:
     from initlab.nets.diagnostics import STATS
 
     name, init = str(row["run_name"]), str(row["init"])
     if name not in layers:
         raise ParamsError(f"{folder / 'diagnostics.csv'}: no rows of {name}; {fix}")
-    mine_layers = {f"{point}/{stat}": g.sort_values("layer")[stat].to_numpy(dtype=np.float64)
-                   for point, g in layers[name].groupby("point", sort=False) for stat in STATS}  # fmt: skip
+    mine_layers = {
+        f"{point}/{stat}": g.sort_values("layer")[stat].to_numpy(dtype=np.float64)
+        for point, g in layers[name].groupby("point", sort=False)
+        for stat in STATS
+    }
     weights = folder / "weights" / f"{name}.pt"
     mine = {k.split("/", 1)[1]: curves[k] for k in curves if k.startswith(f"{name}/")}
     if not weights.exists() or set(mine) != {"step_loss", "val_loss", "val_acc"}:
-        raise ParamsError(f"{weights if not weights.exists() else folder / 'curves.npz'}: "
-                          f"no weights or curves of {name}; {fix}")  # fmt: skip
+        raise ParamsError(
+            f"{weights if not weights.exists() else folder / 'curves.npz'}: no weights or curves of {name}; {fix}"
+        )
     if init not in sp.inits:
-        raise ParamsError(f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the study's "
-                          f"inits (trained with other params); {fix}")  # fmt: skip
+        raise ParamsError(
+            f"{folder / 'runs.csv'}: init {init!r} of {name} is not in the study's "
+            f"inits (trained with other params); {fix}"
+        )
     arch = json.loads(arch_json)
     tags = {**variant_tags, "seed": str(row["seed"]), "diverged": str(bool(row["diverged"])).lower()}
-    p = {**common, **{k: tags[k] for k in ("init", "loss", "normalize", "lr", "seed", "reproduce")},
-         **_flat("init_spec", sp.inits[init].model_dump()), **_flat("arch", arch)}  # fmt: skip
-    metrics = {k: float(v) for k, v in row.items()
-               if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool)
-               and math.isfinite(v)}  # fmt: skip
+    p = {
+        **common,
+        **{k: tags[k] for k in ("init", "loss", "normalize", "lr", "seed", "reproduce")},
+        **_flat("init_spec", sp.inits[init].model_dump()),
+        **_flat("arch", arch),
+    }
+    metrics = {
+        k: float(v)
+        for k, v in row.items()
+        if k not in IDENTITY and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
     shown = [study, name, row, tags, p, params.tracking.model_dump(), parent_key]
     blob = weights.read_bytes()
     check_weights(weights, blob, arch)  # before any store is opened: a broken one changes nothing there

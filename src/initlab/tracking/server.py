@@ -71,8 +71,10 @@ def credentials() -> tuple[str, str]:
     user, password = os.environ.get(USER_ENV, ""), os.environ.get(PASSWORD_ENV, "")
     missing = [name for name, value in ((USER_ENV, user), (PASSWORD_ENV, password)) if not value]
     if missing:
-        raise ParamsError(f"{' and '.join(missing)} not set: the server's login comes from the environment "
-                          f"(export {USER_ENV}=<name> {PASSWORD_ENV}=<password>; never put them in a file in git)")
+        raise ParamsError(
+            f"{' and '.join(missing)} not set: the server's login comes from the environment "
+            f"(export {USER_ENV}=<name> {PASSWORD_ENV}=<password>; never put them in a file in git)"
+        )
     if len(password) < 8:
         raise ParamsError(f"{PASSWORD_ENV} has {len(password)} characters; MLflow's auth app needs at least 8")
     return user, password
@@ -83,8 +85,10 @@ def pg_program(name: str) -> str:
     debian = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
     found = shutil.which(name) or (debian[-1] if debian else None)
     if not found:
-        raise StoreError(f"PostgreSQL's {name} not found (on PATH or in /usr/lib/postgresql/*/bin); "
-                         "install the server: `make postgres` (apt-get install postgresql)")
+        raise StoreError(
+            f"PostgreSQL's {name} not found (on PATH or in /usr/lib/postgresql/*/bin); "
+            "install the server: `make postgres` (apt-get install postgresql)"
+        )
     return found
 
 
@@ -120,19 +124,57 @@ def start_postgres(s: Server, timeout: float = 60) -> None:
         if os.geteuid() == 0:
             shutil.chown(data, PG_OS_USER, PG_OS_USER)
             if _pg(["test", "-w", str(data)], Path("/"), "test -w", 30, check=False).returncode != 0:
-                raise StoreError(f"{data}: the {PG_OS_USER} account cannot write here (a folder above it is "
-                                 "closed to others); put the server elsewhere with --root")
-        _pg([pg_program("initdb"), "-D", str(data), "-U", PG_OS_USER, "--auth=trust", "-E", "UTF8", "--locale=C",
-             "--no-instructions"], data, "initdb", timeout)  # fmt: skip
+                raise StoreError(
+                    f"{data}: the {PG_OS_USER} account cannot write here (a folder above it is "
+                    "closed to others); put the server elsewhere with --root"
+                )
+        _pg(
+            [
+                pg_program("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_OS_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            data,
+            "initdb",
+            timeout,
+        )
     if not pg_running(s):
         opts = f"-c listen_addresses='' -c unix_socket_directories='{data}' -p {s.pg_port}"
-        _pg([pg_program("pg_ctl"), "start", "-D", str(data), "-w", "-t", str(int(timeout)),
-             "-l", str(data / "postgres.log"), "-o", opts],
-            data, f"PostgreSQL in {data} (its log: {data / 'postgres.log'})", timeout + 10)  # fmt: skip
+        _pg(
+            [
+                pg_program("pg_ctl"),
+                "start",
+                "-D",
+                str(data),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-l",
+                str(data / "postgres.log"),
+                "-o",
+                opts,
+            ],
+            data,
+            f"PostgreSQL in {data} (its log: {data / 'postgres.log'})",
+            timeout + 10,
+        )
     import psycopg
 
-    with psycopg.connect(host=str(data), port=s.pg_port, user=PG_OS_USER, dbname="postgres",
-                         autocommit=True, connect_timeout=int(timeout)) as con:  # fmt: skip
+    with psycopg.connect(
+        host=str(data),
+        port=s.pg_port,
+        user=PG_OS_USER,
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=int(timeout),
+    ) as con:
         have = {r[0] for r in con.execute("SELECT datname FROM pg_database")}
         for db in DATABASES:
             if db not in have:
@@ -143,8 +185,12 @@ def stop_postgres(s: Server, timeout: float = 60) -> bool:
     if not pg_running(s):
         return False
     data = s.pgdata.resolve()
-    _pg([pg_program("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", str(int(timeout))],
-        data, "stopping PostgreSQL", timeout + 10)  # fmt: skip
+    _pg(
+        [pg_program("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", str(int(timeout))],
+        data,
+        "stopping PostgreSQL",
+        timeout + 10,
+    )
     return True
 
 
@@ -171,14 +217,16 @@ def healthy(s: Server, timeout: float = 2) -> bool:
 def write_auth_config(s: Server, user: str) -> Path:
     """The auth app's settings (no password in it): its users' database and the admin's name."""
     ini = s.root / "basic_auth.ini"
-    ini.write_text("[mlflow]\n"
-                   "default_permission = READ\n"
-                   f"database_uri = {s.db_uri('mlflow_auth')}\n"
-                   f"admin_username = {user}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                   # A login is checked once a minute per worker, not on each request: the password
-                   # hash (PBKDF2) on every one of a track's ~13 requests per run kept the server busy.
-                   "auth_cache_ttl_seconds = 60\n")  # fmt: skip
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {s.db_uri('mlflow_auth')}\n"
+        f"admin_username = {user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # A login is checked once a minute per worker, not on each request: the password
+        # hash (PBKDF2) on every one of a track's ~13 requests per run kept the server busy.
+        "auth_cache_ttl_seconds = 60\n"
+    )
     return ini
 
 
@@ -186,15 +234,35 @@ def start_mlflow(s: Server, timeout: float = 120) -> int:
     """Start ``mlflow server`` in its own process group; return its pid once ``/health`` answers."""
     user, password = credentials()
     (s.root / "artifacts").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(s, user).resolve()),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-           "--backend-store-uri", s.db_uri("mlflow"), "--serve-artifacts",
-           "--artifacts-destination", str((s.root / "artifacts").resolve()),
-           "--host", "127.0.0.1", "--port", str(s.port), "--workers", "2"]  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(s, user).resolve()),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        s.db_uri("mlflow"),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str((s.root / "artifacts").resolve()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(s.port),
+        "--workers",
+        "2",
+    ]
     with open(s.log, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     s.pidfile.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while not healthy(s):

@@ -57,8 +57,10 @@ def check_uri(uri: str) -> None:
     if scheme == "sqlite":
         db = sqlite_file(uri)
         if db is None:
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: an in-memory store loses every run when "
-                             "track exits; use a file, e.g. sqlite:///mlflow.db")  # fmt: skip
+            raise StoreError(
+                f"MLFLOW_TRACKING_URI={uri}: an in-memory store loses every run when "
+                "track exits; use a file, e.g. sqlite:///mlflow.db"
+            )
         parent = next((p for p in [db.parent, *db.parent.parents] if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {parent} is a file, not a folder")
@@ -70,9 +72,11 @@ def check_uri(uri: str) -> None:
         try:
             make_url(uri).get_dialect().import_dbapi()
         except ImportError as exc:
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: its database driver is not installed "
-                             f"({exc}); install it, or use a driver the project has "
-                             "(postgresql:// and postgresql+psycopg:// use psycopg 3)") from None  # fmt: skip
+            raise StoreError(
+                f"MLFLOW_TRACKING_URI={uri}: its database driver is not installed "
+                f"({exc}); install it, or use a driver the project has "
+                "(postgresql:// and postgresql+psycopg:// use psycopg 3)"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - an unknown dialect or a malformed URL
             raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {exc}") from None
 
@@ -97,9 +101,11 @@ def _sqlite_ready(uri: str, db: Path) -> None:
                 con.close()
         except (sqlite3.Error, TypeError) as exc:
             reason = "no schema revision" if isinstance(exc, TypeError) else str(exc)
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {db} is not a whole MLflow store "
-                             f"({reason}); move it aside (mv {db} {db}.broken) and run again, "
-                             "which logs every model to a new store") from None  # fmt: skip
+            raise StoreError(
+                f"MLFLOW_TRACKING_URI={uri}: {db} is not a whole MLflow store "
+                f"({reason}); move it aside (mv {db} {db}.broken) and run again, "
+                "which logs every model to a new store"
+            ) from None
         _writable(uri, db)
         return
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
@@ -115,10 +121,15 @@ def _sqlite_ready(uri: str, db: Path) -> None:
             with contextlib.suppress(FileExistsError):  # another process created it first: use it
                 os.link(tmp, db)
     except Exception as exc:  # noqa: BLE001 - the OS's refusal, through SQLAlchemy or MLflow
-        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
-            " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: cannot create the store {db} in {db.parent} ({said}); "
-                         "make the folder writable, or point MLFLOW_TRACKING_URI elsewhere") from None  # fmt: skip
+        said = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        )
+        raise StoreError(
+            f"MLFLOW_TRACKING_URI={uri}: cannot create the store {db} in {db.parent} ({said}); "
+            "make the folder writable, or point MLFLOW_TRACKING_URI elsewhere"
+        ) from None
     finally:
         for f in db.parent.glob(f"{tmp.name}*"):
             f.unlink(missing_ok=True)
@@ -140,8 +151,10 @@ def _writable(uri: str, db: Path) -> None:
         finally:
             con.close()
     except sqlite3.Error as exc:
-        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: {db} cannot be written ({exc}); make it and its "
-                         "folder writable (SQLite writes -wal and -shm files beside it)") from None  # fmt: skip
+        raise StoreError(
+            f"MLFLOW_TRACKING_URI={uri}: {db} cannot be written ({exc}); make it and its "
+            "folder writable (SQLite writes -wal and -shm files beside it)"
+        ) from None
 
 
 def _reach(uri: str, timeout: float) -> None:
@@ -170,9 +183,11 @@ def _reach(uri: str, timeout: float) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the client library raises, in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: no store answered within {timeout:g} s "
-                         f"({first[:300]}); start it or point MLFLOW_TRACKING_URI at another "
-                         "(tracking.store_timeout_s sets the wait)") from None  # fmt: skip
+        raise StoreError(
+            f"MLFLOW_TRACKING_URI={uri}: no store answered within {timeout:g} s "
+            f"({first[:300]}); start it or point MLFLOW_TRACKING_URI at another "
+            "(tracking.store_timeout_s sets the wait)"
+        ) from None
 
 
 def _login(uri: str, timeout: float) -> None:
@@ -181,12 +196,18 @@ def _login(uri: str, timeout: float) -> None:
 
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     auth = (user, password) if user and password else None
-    r = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                     auth=auth, timeout=timeout)  # fmt: skip
+    r = requests.get(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 1},
+        auth=auth,
+        timeout=timeout,
+    )
     if r.status_code in (401, 403):
         said = "refused the login of MLFLOW_TRACKING_USERNAME" if auth else "requires a login"
-        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: the server {said} ({r.status_code}); set "
-                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account's")
+        raise StoreError(
+            f"MLFLOW_TRACKING_URI={uri}: the server {said} ({r.status_code}); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account's"
+        )
 
 
 def _wal(dbapi_connection, connection_record) -> None:
@@ -237,8 +258,10 @@ def store_lock(uri: str, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator
     try:
         lock.acquire()
     except Timeout:
-        raise StoreError(f"{uri}: {lock.lock_file} is still locked by another process after "
-                         f"{timeout:g} s; let it finish or stop it, then run again") from None  # fmt: skip
+        raise StoreError(
+            f"{uri}: {lock.lock_file} is still locked by another process after "
+            f"{timeout:g} s; let it finish or stop it, then run again"
+        ) from None
     try:
         yield
     finally:

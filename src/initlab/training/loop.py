@@ -121,8 +121,14 @@ class Stopped(Exception):
     """A stack's training was stopped because another failed or the process was interrupted."""
 
 
-def _evaluate(model: StackedMLP, x: Tensor, y: Tensor, group_loss: GroupLoss, rows: int = 2048,
-              dropout: DropoutStreams | None = None):  # fmt: skip
+def _evaluate(
+    model: StackedMLP,
+    x: Tensor,
+    y: Tensor,
+    group_loss: GroupLoss,
+    rows: int = 2048,
+    dropout: DropoutStreams | None = None,
+):
     """Per-model losses and accuracies on ``x``, in row chunks: a 12,000-image split of 14 models
     is 172 MB of first-layer activations at once, 24 MB per 2,048 rows.
 
@@ -169,8 +175,12 @@ def train_group(
     x_probe, ts_probe = x[..., :p_rows, :], group_loss.targets(y[:p_rows])
     data_dependent = [m for m, sp in enumerate(specs) if sp.name in DATA_DEPENDENT]
     if data_dependent:  # LSUV: rescale each layer to unit output std on the probe batch
-        model.lsuv(x_probe, data_dependent, [specs[m].args.get("tol", 0.1) for m in data_dependent],
-                   [specs[m].args.get("max_rounds", 10) for m in data_dependent])  # fmt: skip
+        model.lsuv(
+            x_probe,
+            data_dependent,
+            [specs[m].args.get("tol", 0.1) for m in data_dependent],
+            [specs[m].args.get("max_rounds", 10) for m in data_dependent],
+        )
     masks = DropoutStreams([v.seed for v in group], device) if spec.dropout > 0 else None
     lr = torch.tensor([v.lr for v in group], dtype=torch.float32, device=device)
     opt = make_optimizer(st.optimizer, list(model.parameters()), lr)
@@ -250,8 +260,16 @@ def train_group(
         }
         arch_m = architecture(spec, x.shape[-1], n_classes, v.loss, v.normalize)
         results.append(
-            Result(v, model.to_module(m, arch_m["head"]), arch_m, sl, val_loss[:, m].numpy(),
-                   val_acc[:, m].numpy(), final, diagnostics=probe.rows(m))  # fmt: skip
+            Result(
+                v,
+                model.to_module(m, arch_m["head"]),
+                arch_m,
+                sl,
+                val_loss[:, m].numpy(),
+                val_acc[:, m].numpy(),
+                final,
+                diagnostics=probe.rows(m),
+            )
         )
     return results
 
@@ -317,8 +335,9 @@ def train_study(
     groups: dict[tuple, list[Variant]] = defaultdict(list)
     for v in sorted(vs, key=lambda v: v.lr):  # equal learning rates adjacent: one optimiser block
         groups[group_key(v, st, n_train, input_bytes)].append(v)
-    check_fits_memory(study, st, list(groups.values()), cache["none", False]["x_train"].shape[-1], n_classes,
-                      device)  # fmt: skip
+    check_fits_memory(
+        study, st, list(groups.values()), cache["none", False]["x_train"].shape[-1], n_classes, device
+    )
     keep_freed_memory()
     total = sum(len(g) * st.epochs for g in groups.values())  # model-epochs
     stacks = []
@@ -358,21 +377,28 @@ def check_fits_data(study: str, st: StudyTrain, vs: list[Variant], n_classes: in
     before anything is trained (the schema cannot know the data)."""
     where = f"studies.{study}.train"
     if st.batch_size and st.batch_size > n_train:
-        raise ParamsError(f"{where}.batch_size = {st.batch_size} is more than the training "
-                          f"split's {n_train} rows; allowed: up to {n_train}, or null for full batch")  # fmt: skip
+        raise ParamsError(
+            f"{where}.batch_size = {st.batch_size} is more than the training "
+            f"split's {n_train} rows; allowed: up to {n_train}, or null for full batch"
+        )
     steps = st.epochs * -(-n_train // (st.batch_size or n_train))
     if steps * len(vs) * 4 > CURVE_BYTES:  # the per-step loss curves are kept in memory
-        raise ParamsError(f"{where}.epochs = {st.epochs}: {steps:,} steps of {len(vs)} models; "
-                          f"allowed here: at most {CURVE_BYTES // (4 * len(vs) * (steps // st.epochs)):,} "
-                          "epochs (their loss curves would not fit in 1 GiB)")  # fmt: skip
+        raise ParamsError(
+            f"{where}.epochs = {st.epochs}: {steps:,} steps of {len(vs)} models; "
+            f"allowed here: at most {CURVE_BYTES // (4 * len(vs) * (steps // st.epochs)):,} "
+            "epochs (their loss curves would not fit in 1 GiB)"
+        )
     for v in vs:  # each loss against the number of classes (the registry says which it takes)
         loss = LOSSES[v.loss]
         if not loss.min_classes <= n_classes <= (loss.max_classes or n_classes):
-            fits = [name for name, x in LOSSES.items()
-                    if x.min_classes <= n_classes <= (x.max_classes or n_classes)]  # fmt: skip
+            fits = [
+                name for name, x in LOSSES.items() if x.min_classes <= n_classes <= (x.max_classes or n_classes)
+            ]
             key = f"{where}.reproduce.losses" if v.reproduce else f"{where}.losses"
-            raise ParamsError(f"{key}: {v.loss} is for {loss.classes_allowed()}, and {study}'s data has "
-                              f"{n_classes}; allowed here: {', '.join(fits)}")  # fmt: skip
+            raise ParamsError(
+                f"{key}: {v.loss} is for {loss.classes_allowed()}, and {study}'s data has "
+                f"{n_classes}; allowed here: {', '.join(fits)}"
+            )
 
 
 def available_memory(device: str) -> int:
@@ -384,8 +410,9 @@ def available_memory(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_fits_memory(study: str, st: StudyTrain, groups: list[list[Variant]], n_in: int, n_classes: int,
-                      device: str) -> None:  # fmt: skip
+def check_fits_memory(
+    study: str, st: StudyTrain, groups: list[list[Variant]], n_in: int, n_classes: int, device: str
+) -> None:
     """Refuse, before any model is allocated, a study whose largest stack of models cannot fit:
     its weights, gradients and optimiser state alone (float32), a lower bound of what it needs."""
     tensors = 4 if st.optimizer == "adam" else 2  # weights, gradients (+ Adam's two moments)
@@ -405,10 +432,12 @@ def check_fits_memory(study: str, st: StudyTrain, groups: list[list[Variant]], n
         key = f"studies.{study}.train.{f'models.{label}' if label else 'model'}.hidden"
         h = st.spec(label).hidden
         shown = f"[{h[0]}] * {len(h)}" if len(h) > 3 and len(set(h)) == 1 else str(h)
-        raise ParamsError(f"{key} = {shown}: {models} models of {per_model:,} parameters train together and "
-                          f"need at least {need:,} bytes (weights, gradients, {st.optimizer} state in float32); "
-                          f"{device} has {free:,} bytes available; allowed: a smaller model, fewer "
-                          "variants, or a machine with more memory")  # fmt: skip
+        raise ParamsError(
+            f"{key} = {shown}: {models} models of {per_model:,} parameters train together and "
+            f"need at least {need:,} bytes (weights, gradients, {st.optimizer} state in float32); "
+            f"{device} has {free:,} bytes available; allowed: a smaller model, fewer "
+            "variants, or a machine with more memory"
+        )
 
 
 SPLIT_STEP_FLOPS = 5e8  # a group this heavy per step is split in SPLIT_PARTS stacks
@@ -432,8 +461,9 @@ class Stack:
         return self.steps * (STEP_SECONDS + self.flops_per_step / THREAD_FLOPS)
 
 
-def stacks_for(st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_classes: int,
-               device: str = "cpu") -> list[Stack]:  # fmt: skip
+def stacks_for(
+    st: StudyTrain, group: list[Variant], data: dict[str, Tensor], n_classes: int, device: str = "cpu"
+) -> list[Stack]:
     """The stacks one group trains as: itself, or on CPU a heavy group split in ``SPLIT_PARTS``.
 
     The split is a constant, not the machine's thread count: a stack's shape decides which kernel
@@ -502,8 +532,9 @@ def run_stacks(stacks: list[Stack], train_stack, device: str = "cpu") -> list:
         stop = threading.Event()
         pool = ThreadPoolExecutor(workers, thread_name_prefix="initlab-train")
         try:
-            futures = {i: pool.submit(train_stack, stacks[i], stop)
-                       for i in sorted(pooled, key=lambda i: -stacks[i].cost)}  # fmt: skip
+            futures = {
+                i: pool.submit(train_stack, stacks[i], stop) for i in sorted(pooled, key=lambda i: -stacks[i].cost)
+            }
             wait(futures.values(), return_when=FIRST_EXCEPTION)
             for f in futures.values():
                 if f.done() and f.exception() is not None and not isinstance(f.exception(), Stopped):
@@ -533,11 +564,21 @@ def save_results(results: list[Result], out: Path) -> None:
         curves[f"{v.run_name}/step_loss"] = r.step_loss.astype(np.float32)
         curves[f"{v.run_name}/val_loss"] = r.val_loss.astype(np.float32)
         curves[f"{v.run_name}/val_acc"] = r.val_acc.astype(np.float32)
-        rows.append({
-            "run_name": v.run_name, "variant": v.name, "init": v.init, "loss": v.loss,
-            "normalize": v.normalize, "lr": v.lr, "seed": v.seed, "reproduce": v.reproduce,
-            **({"model": v.model} if v.model else {}), **r.final, "arch": json.dumps(r.arch),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run_name": v.run_name,
+                "variant": v.name,
+                "init": v.init,
+                "loss": v.loss,
+                "normalize": v.normalize,
+                "lr": v.lr,
+                "seed": v.seed,
+                "reproduce": v.reproduce,
+                **({"model": v.model} if v.model else {}),
+                **r.final,
+                "arch": json.dumps(r.arch),
+            }
+        )
         diagnostics += [{"run_name": v.run_name, **d} for d in r.diagnostics]
     from initlab.core.io import write_json
     from initlab.core.machine import platform_key
