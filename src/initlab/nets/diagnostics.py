@@ -15,7 +15,6 @@ model's training is the same bit for bit with or without it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -123,12 +122,3 @@ class Probe:
                     {"point": label, "step": step, "layer": k + 1, **{s: float(stats[s][m, k]) for s in STATS}}
                 )
         return out
-
-
-def as_metrics(rows: list[dict]) -> dict[str, np.ndarray]:
-    """A run's rows as MLflow histories: ``<stat>_<point>`` -> values by layer (step = layer)."""
-    out: dict[str, list[float]] = {}
-    for r in rows:
-        for s in STATS:
-            out.setdefault(f"{s}_{r['point']}", []).append(r[s])
-    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
