@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from initlab.config import Paths, load_params
+from initlab.params.paths import Paths
+from initlab.params.schema import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INITLAB_DATA_MIRROR") or REPO.parent / "shared" / "data")
@@ -28,7 +29,7 @@ def params():
 @pytest.fixture(scope="session")
 def small_root(tmp_path_factory, params):
     """line, circles and heart_rate downloaded, prepared and normalised under a temporary root."""
-    from initlab import data
+    from initlab.data import datasets as data
 
     os.environ.setdefault("INITLAB_DATA_MIRROR", str(MIRROR))
     paths = Paths(tmp_path_factory.mktemp("root"))
