@@ -121,7 +121,7 @@ def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, mon
 
     files = folder_bytes(copy)
     trained = []
-    monkeypatch.setattr("initlab.training.loop.train_study", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("initlab.training.study.train_study", lambda *a, **k: trained.append(a))
     real = os.access
     monkeypatch.setattr(
         initlab.core.io.os, "access", lambda p, mode: not str(p).endswith("train/line") and real(p, mode)

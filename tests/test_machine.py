@@ -56,7 +56,8 @@ def test_mkls_branch_is_in_the_key_and_mkl_itself_reports_it():
 
 def test_training_records_the_platform_beside_its_weights(small_root, params):
     from initlab.core.machine import platform_key
-    from initlab.training.loop import save_results, train_study
+    from initlab.training.save import save_results
+    from initlab.training.study import train_study
 
     out = small_root.root / "saved"
     save_results(train_study(params, "line", small_root, "cpu", show_progress=False), out)

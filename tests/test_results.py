@@ -11,7 +11,8 @@ import pytest
 from initlab.core.io import read_json
 from initlab.report.render import render
 from initlab.results.evaluate import evaluate_study, summarise, write_evaluation
-from initlab.training.loop import save_results, train_study
+from initlab.training.save import save_results
+from initlab.training.study import train_study
 
 
 def table(rows: list[tuple[str, int, float, int]]) -> pd.DataFrame:

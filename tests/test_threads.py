@@ -46,7 +46,7 @@ def heavy_root(tmp_path_factory):
 
 
 def test_training_and_evaluation_give_the_same_bytes_on_1_2_and_4_threads(heavy_root):
-    from initlab.training.loop import SPLIT_PARTS
+    from initlab.training.stacks import SPLIT_PARTS
 
     root, env = heavy_root
     seen = {}

@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import initlab.training.loop as train_mod
+import initlab.training.stacks as stacks_mod
 from initlab.nets.models import DropoutStreams, StackedMLP
 from initlab.nets.optim import StackedAdam, StackedSGD
 from initlab.params.variants import Variant
-from initlab.training.loop import (
-    Stack,
-    Stopped,
-    group_data,
-    load_study_data,
-    run_stacks,
-    split_group,
-    stacks_for,
-    train_group,
-    train_study,
-)
+from initlab.training.loop import Stopped, train_group
+from initlab.training.stacks import Stack, run_stacks, split_group, stacks_for
+from initlab.training.study import group_data, load_study_data, train_study
 
 
 def narrowed(params, study, **update):
@@ -227,9 +219,9 @@ def test_stacks_in_threads_equal_stacks_in_turn(params, small_root, monkeypatch)
         )
     ]
     data = load_study_data("circles", "none", small_root, "cpu", False)
-    monkeypatch.setattr(train_mod, "SMALL_STEP_FLOPS", 0.0)  # treat these tiny stacks as heavy
-    monkeypatch.setattr(train_mod, "MIN_SPLIT", 2)
-    monkeypatch.setattr(train_mod, "SPLIT_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(stacks_mod, "SMALL_STEP_FLOPS", 0.0)  # treat these tiny stacks as heavy
+    monkeypatch.setattr(stacks_mod, "MIN_SPLIT", 2)
+    monkeypatch.setattr(stacks_mod, "SPLIT_STEP_FLOPS", 0.0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
     stacks = stacks_for(st, group, data, 2)
     assert [len(s.group) for s in stacks] == [2, 2]

@@ -162,7 +162,8 @@ def train(
     """
     from initlab.core.io import atomic_path, check_writable, write_json
     from initlab.core.signals import sigterm_raises
-    from initlab.training.loop import save_results, train_study
+    from initlab.training.save import save_results
+    from initlab.training.study import train_study
 
     p = load_params(params)
     p.study(study)

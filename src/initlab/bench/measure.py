@@ -142,7 +142,9 @@ def initlab_per_model(
     seconds per model. ``diagnostics=False``: without the per-layer probe, to measure its cost."""
     from unittest import mock
 
-    from initlab.training.loop import load_study_data, run_stacks, stacks_for, train_group
+    from initlab.training.loop import train_group
+    from initlab.training.stacks import run_stacks, stacks_for
+    from initlab.training.study import load_study_data
 
     if not diagnostics:
         with mock.patch("initlab.training.loop.Probe", NoProbe):
@@ -180,7 +182,7 @@ def initlab_per_model(
 def fashion_mnist_peer_setup(params: Params, paths: Paths, device: str = "cpu") -> dict:
     """The arguments of ``peers.plain_loop`` / ``func_ensemble`` for the Fashion-MNIST group: its
     training split in memory, seed 001's model, loss, optimiser, batch and epochs."""
-    from initlab.training.loop import load_study_data
+    from initlab.training.study import load_study_data
 
     st = params.study("fashion_mnist").train
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
@@ -210,7 +212,8 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     from unittest import mock
 
     from initlab.params.variants import Variant
-    from initlab.training.loop import load_study_data, train_group
+    from initlab.training.loop import train_group
+    from initlab.training.study import load_study_data
 
     sp = params.study("heart_rate")
     st = sp.train.model_copy(update={"epochs": TINY_EPOCHS, "val_every": TINY_EPOCHS})
@@ -308,7 +311,8 @@ def matmul_ceiling(params: Params, paths: Paths, seed: int = 0, steps: int = 100
     group's steps, per model. (b) can get no closer to the GEMM rate than its products alone do."""
     from initlab.nets.models import StackedMLP
     from initlab.nets.optim import make_optimizer
-    from initlab.training.loop import load_study_data, run_stacks, stacks_for
+    from initlab.training.stacks import run_stacks, stacks_for
+    from initlab.training.study import load_study_data
 
     st = params.study("fashion_mnist").train
     group = [v for v in variants(params, "fashion_mnist") if v.seed == seed]
@@ -506,7 +510,7 @@ def run_bench(
     as ``timeit`` does: on a shared 2-core machine a run is only ever slowed, by as much as 15 %
     here, and taking the minimum of both sides keeps the ratio fair. Every time is in the JSON.
     """
-    from initlab.training.loop import keep_freed_memory
+    from initlab.training.stacks import keep_freed_memory
 
     keep_freed_memory()
     sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]

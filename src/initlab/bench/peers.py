@@ -148,7 +148,8 @@ def scaling_point(models: int, width: int, depth: int, steps: int = SCALING_STEP
     and one warm-up run already in), per model. Run in a fresh process (``scaling``)."""
     from initlab.params.schema import StudyTrain
     from initlab.params.variants import Variant
-    from initlab.training.loop import keep_freed_memory, train_group
+    from initlab.training.loop import train_group
+    from initlab.training.stacks import keep_freed_memory
 
     keep_freed_memory()
     g = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ the CPU vendor (MKL takes vendor-specific code paths), MKL's code path and its c
 numerical reproducibility (CNR) mode, ATen's CPU capability, whether numpy's AVX-512 kernels
 are on, and the versions of torch, numpy and MKL. The core count is not part of it: training and
 evaluation run every stack on one intra-op thread and split groups by a constant
-(``initlab.training.loop.SPLIT_PARTS``), so the bits do not follow the cores (tests/test_threads.py).
+(``initlab.training.stacks.SPLIT_PARTS``), so the bits do not follow the cores (tests/test_threads.py).
 ``fingerprint`` adds what describes the machine without deciding the bits (model, cores, flags).
 """
 
