@@ -117,7 +117,7 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
 def test_the_report_names_the_profile_its_numbers_come_from(tmp_path):
     """Default params ran no profile; params with the profile's values set ran it, and the note
     gives the command for each other profile."""
-    from initlab.report.render import profile_note
+    from initlab.report.prose import profile_note
 
     default = load_params().study("depth")
     assert "Profile: **default**" in profile_note("depth", default)

@@ -85,7 +85,7 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
 
 def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching_runs():
     from initlab.params.schema import CompareRow
-    from initlab.report.render import compare_row
+    from initlab.report.tables import compare_row
 
     df = pd.DataFrame(
         {
