@@ -8,24 +8,24 @@ import pytest
 import torch
 
 from conftest import REPO
-from initlab.bench import measure as bench
+from initlab.bench import ceilings, pipeline, summary
 
 
 def test_executed_flops_skip_only_the_input_gradient():
     sizes = [784, 256, 128, 10]
     macs = 784 * 256 + 256 * 128 + 128 * 10
     nominal = 6 * macs  # forward 2, backward 4 per multiply-add
-    assert bench.executed_flops_per_sample(sizes) == nominal - 2 * 784 * 256
+    assert ceilings.executed_flops_per_sample(sizes) == nominal - 2 * 784 * 256
 
 
 def test_gemm_rate_counts_two_flops_per_multiply_add_of_the_fastest_product(monkeypatch):
     # calls: the deadline, then (loop check, start, end) per product: one of 4 ms, one of 2 ms
     clock = iter([0.0, 0.0, 0.0, 0.004, 0.004, 0.004, 0.006, 0.1])
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
-    assert bench.gemm_gflops(n=64, seconds=0.01) == 2 * 64**3 / 0.002 / 1e9
+    monkeypatch.setattr(ceilings.time, "perf_counter", lambda: next(clock))
+    assert ceilings.gemm_gflops(n=64, seconds=0.01) == 2 * 64**3 / 0.002 / 1e9
 
 
-def result(**pipeline) -> dict:
+def result(**figures) -> dict:
     """A bench result as `run_bench` returns it, with the pipeline's figures given."""
     return {
         "machine": {"cpu": "x", "cores": 2, "torch": "2"},
@@ -38,13 +38,13 @@ def result(**pipeline) -> dict:
         "initlab_gemm_fraction_executed": 0.6,
         "initlab_no_diagnostics": {"seconds_per_model": 0.96, "seconds": 13.44},
         "diagnostics_cost": 14 / 13.44 - 1,
-        "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, **pipeline},
+        "pipeline": {"full_repro_seconds": 280.0, "noop_repro_seconds": 2.5, **figures},
     }
 
 
 def test_summary_prints_each_target_with_its_ratio():
     r = result(mlflow_seconds=9.0, mlflow_share_of_training=0.05, train_seconds=180.0)
-    text = "\n".join(bench.summary_lines(r))
+    text = "\n".join(summary.summary_lines(r))
     for part in ("15.0x", "79% of (c)", "280 s", "2.5 s", "5.0% of 180 s", "diagnostics cost +4.2%"):
         assert part in text
 
@@ -60,7 +60,7 @@ def test_summary_names_the_fastest_of_repeated_runs():
         "initlab_gemm_fraction": 135 / 170,
         "initlab_gemm_fraction_executed": 0.6,
     }
-    text = "\n".join(bench.summary_lines(r))
+    text = "\n".join(summary.summary_lines(r))
     assert "(fastest of 2: 15.0, 16.2 s)" in text and "(fastest of 2: 30.1, 28.0 s)" in text
 
 
@@ -71,7 +71,7 @@ def test_summary_names_the_median_of_repeated_track_timings():
         mlflow_share_of_training=9.5 / 120,
         train_seconds=120.0,
     )
-    line = next(x for x in bench.summary_lines(r) if x.startswith("MLflow"))
+    line = next(x for x in summary.summary_lines(r) if x.startswith("MLflow"))
     assert "9.5 s (median of 3: 11.0, 9.5, 9.1 s) = 7.9% of 120 s training" in line, line
 
 
@@ -108,7 +108,7 @@ def test_the_peers_train_what_they_claim(loss, sizes, activation):
 
 def test_scaling_table_lists_each_configuration():
     rows = [{"models": 4, "width": 256, "depth": 3, "ms_per_model_step": 1.234, "peak_mib_per_model": 5.67}]
-    assert bench.scaling_lines(rows)[-1] == "| 4 | 256 | 3 | 1.23 | 5.7 |"
+    assert summary.scaling_lines(rows)[-1] == "| 4 | 256 | 3 | 1.23 | 5.7 |"
 
 
 @pytest.mark.parametrize("sizes", [[784, 256, 128, 10], [1, 4, 1], [20, 40, 40, 40, 3]])
@@ -118,22 +118,22 @@ def test_the_ceiling_times_exactly_the_products_a_step_executes(sizes):
     from initlab.nets.models import StackedMLP
 
     model, batch = StackedMLP(3, sizes), 7
-    pairs = bench.step_matmuls(model, batch)
+    pairs = ceilings.step_matmuls(model, batch)
     flops = sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b in pairs)
     assert all(a.shape[2] == b.shape[1] for a, b in pairs)
-    assert flops == 3 * batch * bench.executed_flops_per_sample(sizes)
+    assert flops == 3 * batch * ceilings.executed_flops_per_sample(sizes)
     assert len(pairs) == 3 * (len(sizes) - 1) - 1
 
 
 def test_count_ops_counts_what_autograd_dispatches():
     w = torch.ones(3, requires_grad=True)
-    assert bench.count_ops(lambda: w.add(1.0)) == 1
-    assert bench.count_ops(lambda: (w * 2.0).sum().backward()) > 3  # forward, then its gradient
+    assert ceilings.count_ops(lambda: w.add(1.0)) == 1
+    assert ceilings.count_ops(lambda: (w * 2.0).sum().backward()) > 3  # forward, then its gradient
 
 
 def test_breakdown_splits_the_train_stages_into_training_and_the_rest():
     stages = {"prepare@a": 2.0, "train@a": 10.0, "train@b": 30.0, "track": 8.0}
-    got = bench.breakdown(stages, train_seconds=34.0, total=51.0)
+    got = pipeline.breakdown(stages, train_seconds=34.0, total=51.0)
     assert got == {
         "training": 34.0,
         "track": 8.0,
@@ -174,7 +174,7 @@ def test_summary_prints_what_bounds_each_missed_target():
             "us_per_op": 10.6,
         },
     )
-    text = "\n".join(bench.summary_lines(r))
+    text = "\n".join(summary.summary_lines(r))
     for part in (
         "its products alone 0.70 s/model (70% of (b)) = 85% of (c)",
         "fused Adam alone 0.20 s (20% of (b))",
@@ -195,17 +195,17 @@ def test_timed_repro_times_each_stage_from_dvcs_lines_and_names_a_failure(tmp_pa
     )
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    total, stages = bench.timed_repro(tmp_path, env)
+    total, stages = pipeline.timed_repro(tmp_path, env)
     assert list(stages) == ["train@x", "report"]
     assert 0.2 <= stages["train@x"] < total
     assert stages["train@x"] + stages["report"] == pytest.approx(total, abs=0.05)
     with pytest.raises(RuntimeError, match="(?s)dvc repro failed.*done"):
-        bench.timed_repro(tmp_path, {**env, "FAKE_RC": "1"})
+        pipeline.timed_repro(tmp_path, {**env, "FAKE_RC": "1"})
 
 
 def test_summary_prints_the_platform_and_each_mkl_branchs_cost_and_bits():
     r = json.loads((REPO / "reports" / "bench.json").read_text())
-    text = "\n".join(bench.summary_lines(r))
+    text = "\n".join(summary.summary_lines(r))
     assert "platform: " in text and "MKL runs its '" in text
     for branch in ("unset", "AVX2", "AVX2,STRICT", "COMPATIBLE"):
         assert f"MKL_CBWR={branch} " in text

@@ -327,7 +327,8 @@ def bench(
 
     Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
     """
-    from initlab.bench.measure import run_bench, summary_lines
+    from initlab.bench.measure import run_bench
+    from initlab.bench.summary import summary_lines
     from initlab.core.io import write_json
 
     p = load_params(params)
