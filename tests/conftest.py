@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from initlab.params.load import load_params
 from initlab.params.paths import Paths
-from initlab.params.schema import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INITLAB_DATA_MIRROR") or REPO.parent / "shared" / "data")

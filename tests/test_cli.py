@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from initlab.cli import app
 from initlab.core.io import read_npz
 from initlab.errors import ParamsError
-from initlab.params.schema import load_params
+from initlab.params.load import load_params
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))

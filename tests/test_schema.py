@@ -21,7 +21,10 @@ from conftest import REPO
 from initlab.errors import ParamsError
 from initlab.nets.registry import INITIALIZERS
 from initlab.params import schema as config
-from initlab.params.schema import OneOf, init_arg_types, validate_params
+from initlab.params import sources
+from initlab.params.fields import OneOf, Strict
+from initlab.params.load import validate_params
+from initlab.params.schema import init_arg_types
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 # A table study (no study of params.yaml reads one), so that TableSource is walked too.
@@ -187,8 +190,9 @@ def test_the_walk_reaches_every_model_of_the_schema_and_the_cases_are_counted():
     walked = {field_id.split(".")[0] for _, field_id, _ in _fields(BASE)}
     models = {
         c.__name__
-        for c in vars(config).values()
-        if isinstance(c, type) and issubclass(c, config.Strict) and c is not config.Strict
+        for module in (config, sources)
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, Strict) and c is not Strict
     }
     assert models - walked == set(), "add an example of these models to RAW so that their fields are tried"
     assert len(CASES) > 200  # 1 per enum field, 7 per numeric one; the exact count is in the report

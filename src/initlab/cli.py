@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from initlab.errors import DataError, ParamsError, StoreError
+from initlab.params.load import load_params
 from initlab.params.paths import Paths
-from initlab.params.schema import load_params
 
 app = typer.Typer(
     help="initlab: how weight initialisation, loss and input normalisation decide whether a "

@@ -18,7 +18,8 @@ import numpy as np
 from initlab.core.io import atomic_path, read_json, read_npz, sha256, write_json, write_npz
 from initlab.errors import DataError, ParamsError
 from initlab.params.paths import Paths, data_mirror
-from initlab.params.schema import EcgSource, LineSource, SklearnSource, StudyParams, TableSource, TorchvisionSource
+from initlab.params.schema import StudyParams
+from initlab.params.sources import EcgSource, LineSource, SklearnSource, TableSource, TorchvisionSource
 
 # SHA-256 of the decompressed Fashion-MNIST release files (content, not the .gz wrapper).
 FASHION_MNIST_SHA256 = {

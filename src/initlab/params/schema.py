@@ -1,4 +1,5 @@
-"""``params.yaml`` as a validated pydantic model, the paths every stage reads and writes, and variants.
+"""The schema of ``params.yaml`` as pydantic models: each study's inits, models, training and
+comparison rows, tracking and report (data sources: ``sources``; reading the file: ``load``).
 
 Every number lives in ``params.yaml``; this module only says what is allowed. A bad value stops
 the stage before it writes anything, with one line naming the key, the value and what is allowed.
@@ -7,17 +8,12 @@ the stage before it writes anything, with one line naming the key, the value and
 from __future__ import annotations
 
 import copy
-import math
 import re
 import typing
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -27,177 +23,21 @@ from pydantic import (
 )
 
 from initlab.errors import ParamsError
-from initlab.nets.registry import INITIALIZERS, LOSSES
-
-NORMALIZATIONS = ("none", "zscore", "batchnorm")
-FLOAT32_MAX = 3.4028234663852886e38  # models compute in float32: a larger number becomes inf there
-SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are 0 .. 2**32 - 1
-MAX_LINE_POINTS = 10_000_000  # a line of more points is a typo, and would not fit in memory
-
-
-def _float32(v: float) -> float:
-    if abs(v) > FLOAT32_MAX:
-        raise ValueError(f"allowed: a number of size at most {FLOAT32_MAX:.4g} (float32, the models' precision)")
-    return v
-
-
-# Every model below is strict (``Strict``): no bool where a number goes (YAML's ``true`` is not
-# 1.0), no string where a number goes; an int is still accepted where a float goes.
-Finite = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32)]  # .inf, .nan refused
-PosFloat = Annotated[Finite, Field(gt=0)]
-Fraction = Annotated[Finite, Field(gt=0, lt=1)]
-PosInt = Annotated[int, Field(gt=0)]
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-
-
-class OneOf:
-    """The check of a name that must be a key of a registry (``LOSSES``, ``INITIALIZERS``...); the
-    schema test finds it in a field's metadata and tries an unknown name there."""
-
-    def __init__(self, what: str, names: Callable[[], Mapping | tuple]) -> None:
-        self.what, self.names = what, names
-
-    def __call__(self, v: str) -> str:
-        if v not in self.names():
-            raise ValueError(f"unknown {self.what} {v!r}; allowed: {', '.join(self.names())}")
-        return v
-
-
-LossName = Annotated[str, AfterValidator(OneOf("loss", lambda: LOSSES))]
-InitName = Annotated[str, AfterValidator(OneOf("initialiser", lambda: INITIALIZERS))]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-# --------------------------------------------------------------------------- data
-
-
-class LineSource(Strict):
-    """Seed 000's line: x = arange(start, stop, step) in float32, y = x > threshold; held-out
-    points drawn from the same rule, sharing no x with the training points."""
-
-    kind: Literal["line"]
-    start: Finite = -2.0
-    stop: Finite = 2.0
-    step: PosFloat = 0.1
-    threshold: Finite = 0.2
-    holdout_points: Annotated[int, Field(gt=0, le=1_000_000)] = 200
-    holdout_seed: Seed = 0
-
-    @model_validator(mode="after")
-    def _points_of_two_classes(self) -> LineSource:
-        """Points x = start, start + step, ... below stop; some at most threshold, some above."""
-        if not self.start < self.stop:
-            raise ValueError(f"start = {self.start:g} is not below stop = {self.stop:g}; allowed: start < stop")
-        n = math.ceil((self.stop - self.start) / self.step)  # torch.arange's length
-        if not 2 <= n <= MAX_LINE_POINTS:
-            raise ValueError(
-                f"step = {self.step:g} gives {n:,} points from start {self.start:g} to stop "
-                f"{self.stop:g}; allowed: a step giving 2 to {MAX_LINE_POINTS:,} points"
-            )
-        last = self.start + (n - 1) * self.step
-        if not self.start <= self.threshold < last:
-            raise ValueError(
-                f"threshold = {self.threshold:g} puts every point from start = {self.start:g} to "
-                f"stop = {self.stop:g} (the last x = {last:g}) in one class; allowed: from "
-                f"{self.start:g} up to below {last:g}"
-            )
-        return self
-
-
-class EcgSource(Strict):
-    """Beat-to-beat heart rate from an ECG (SciPy's record), labelled bpm > threshold (seed 002)."""
-
-    kind: Literal["ecg"]
-    url: str = "https://raw.githubusercontent.com/scipy/dataset-ecg/main/ecg.dat"
-    sampling_hz: Annotated[PosFloat, Field(le=100_000)] = 360.0  # an ECG is sampled at hundreds of Hz
-    peak_distance: PosInt = 150  # samples between R-peaks at least (scipy's own ECG example)
-    threshold_bpm: PosFloat | None = None  # None: the training split's median
-
-
-class SklearnSource(Strict):
-    """A scikit-learn generator by name (``make_circles``, ``make_moons``, ``make_classification``
-    ...) called with ``args``: features x, class labels y."""
-
-    kind: Literal["sklearn"]
-    generator: Annotated[str, AfterValidator(OneOf("generator", lambda: SKLEARN_GENERATORS))]
-    args: dict[str, Any] = {}
-    # Held-out splits drawn by their own calls (args updated by these), as deeplearning.ai draws
-    # its test set: then ``args`` gives the training rows alone, and ``split`` fractions are unused.
-    val_args: dict[str, Any] | None = None
-    test_args: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> SklearnSource:
-        if (self.val_args is None) != (self.test_args is None):
-            raise ValueError("val_args and test_args: give both (held-out splits drawn apart) or neither")
-        return self
-
-
-class TorchvisionSource(Strict):
-    """An image-classification dataset of torchvision, its official train and test sets."""
-
-    kind: Literal["torchvision"]
-    dataset: Literal["FashionMNIST", "MNIST", "KMNIST", "CIFAR10"]
-    url: str | None = None  # a mirror of the files; None: torchvision's own
-
-
-class TableSource(Strict):
-    """A local CSV or Parquet file: every column but ``target`` is a numeric feature. ``sha256``
-    is the file's: DVC sees params, not the file, so a new file must come with its new hash."""
-
-    kind: Literal["table"]
-    path: Annotated[Path, Field(strict=False)]  # YAML gives a string
-    target: str
-    sha256: str | None = None  # None: the download stage stops and names the file's hash
-
-    @field_validator("path")
-    @classmethod
-    def _readable(cls, v: Path) -> Path:
-        if v.suffix.lower() not in (".csv", ".parquet"):
-            raise ValueError(f"{str(v)!r} is not a .csv or .parquet file")
-        return v
-
-
-# scikit-learn's generators that return (x, y) for classification.
-SKLEARN_GENERATORS = (
-    "make_blobs",
-    "make_circles",
-    "make_classification",
-    "make_gaussian_quantiles",
-    "make_hastie_10_2",
-    "make_moons",
+from initlab.nets.registry import INITIALIZERS
+from initlab.params.fields import (
+    Finite,
+    InitName,
+    LossName,
+    PosFloat,
+    PosInt,
+    Seed,
+    Strict,
 )
-
-DATA_KINDS = ("line", "ecg", "sklearn", "torchvision", "table")
-Source = Annotated[
-    LineSource | EcgSource | SklearnSource | TorchvisionSource | TableSource, Field(discriminator="kind")
-]
-
-
-class Split(Strict):
-    """Seeded, stratified train / validation / test splits (a line's validation and test come from
-    its held-out points; a torchvision dataset's test split is its official test set)."""
-
-    seed: Seed = 0
-    val_fraction: Fraction = 0.2
-    test_fraction: Fraction = 0.2
-    train_subset: PosInt | None = None  # the first N of the training split (the CI profile)
-    test_subset: PosInt | None = None
-
-    @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> Split:
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction = "
-                f"{self.val_fraction + self.test_fraction:g}; allowed: a sum below 1"
-            )
-        return self
-
-
-# --------------------------------------------------------------------------- training
+from initlab.params.messages import first_error, first_message
+from initlab.params.sources import (
+    Source,
+    Split,
+)
 
 
 def init_arg_types(name: str) -> dict[str, Any]:
@@ -232,7 +72,7 @@ class InitSpec(Strict):
             try:
                 TypeAdapter(types[key], config=ConfigDict(strict=True)).validate_python(value)
             except ValidationError as exc:
-                raise ValueError(f"args.{key} = {value!r}: {_first_message(exc)}") from None
+                raise ValueError(f"args.{key} = {value!r}: {first_message(exc)}") from None
         a, b = self.args.get("a", 0.0), self.args.get("b", 1.0)  # uniform's bounds
         if self.name == "uniform" and not (isinstance(a, int | float) and isinstance(b, int | float) and a < b):
             raise ValueError(f"args: uniform needs a < b, got a = {a!r}, b = {b!r}")
@@ -413,7 +253,7 @@ class StudyParams(Strict):
             try:
                 StudyParams.model_validate(raw)
             except ValidationError as exc:
-                raise ValueError(f"profiles.{name}: {_first_error(exc).removeprefix('params.yaml: ')}") from None
+                raise ValueError(f"profiles.{name}: {first_error(exc).removeprefix('params.yaml: ')}") from None
         return self
 
     @model_validator(mode="after")
@@ -451,74 +291,3 @@ class Params(Strict):
                 f"unknown study {name!r}; allowed: {', '.join(self.studies)} (the keys of studies: in params.yaml)"
             )
         return self.studies[name]
-
-
-def _first_message(exc: ValidationError) -> str:
-    return exc.errors()[0]["msg"].removeprefix("Value error, ")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    # Drop pydantic's union branch tags ("float", "literal['zeros','default']",
-    # "function-after[_float32(), float]") from the key.
-    loc = [
-        str(p)
-        for i, p in enumerate(err["loc"])
-        if str(p) not in ("float", "int", "str", "bool")
-        and not re.match(r"[a-z-]+\[", str(p))
-        and not (i and err["loc"][i - 1] == "data" and str(p) in DATA_KINDS)
-    ]  # a source's kind tag
-    key = ".".join(loc)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        return f"params.yaml: missing key {key}"
-    if err["type"] == "extra_forbidden":
-        return f"params.yaml: unknown key {key}; remove it or check its spelling"
-    value = err.get("input")
-    if isinstance(value, dict) or not key:  # a check across keys: its message names them
-        return f"params.yaml: {key}.{msg}" if key else f"params.yaml: {msg}"
-    if len(loc) < len(err["loc"]):  # a union: say every form allowed
-        msg = "allowed: a number, 'zeros' or 'default'" if loc[-1] == "bias" else msg
-    return f"params.yaml: {key} = {value!r}: {msg}"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, refusing a key given twice in one mapping (DVC refuses such a file)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; raise ``ParamsError`` with one line on anything bad."""
-    path = Path(path)
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
-    except IsADirectoryError:
-        raise ParamsError(f"{path}: is a folder; pass a params file (--params params.yaml)") from None
-    except UnicodeDecodeError as exc:
-        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
-    return validate_params(raw, path)
-
-
-def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
-    """``raw`` (params.yaml as read) as ``Params``; a ``ParamsError`` of one line naming the key."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        raise ParamsError(_first_error(exc).replace("params.yaml", str(path), 1).replace("\n", " ")) from None

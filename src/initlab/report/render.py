@@ -12,7 +12,8 @@ import pandas as pd
 
 from initlab.core.io import atomic_path, read_csv, read_json, read_npz
 from initlab.params.paths import Paths
-from initlab.params.schema import Params, StudyParams, TorchvisionSource
+from initlab.params.schema import Params, StudyParams
+from initlab.params.sources import TorchvisionSource
 from initlab.report.figures import (
     fig_boundaries,
     fig_decision_boundary,
