@@ -29,12 +29,14 @@ def params():
 @pytest.fixture(scope="session")
 def small_root(tmp_path_factory, params):
     """line, circles and heart_rate downloaded, prepared and normalised under a temporary root."""
-    from initlab.data import datasets as data
+    from initlab.data.prepare import prepare
+    from initlab.data.raw import download
+    from initlab.data.splits import normalize_stats
 
     os.environ.setdefault("INITLAB_DATA_MIRROR", str(MIRROR))
     paths = Paths(tmp_path_factory.mktemp("root"))
     for study in ("line", "circles", "heart_rate"):
-        data.download(study, params.study(study), paths)
-        data.prepare(study, params.study(study), paths)
-        data.normalize_stats(study, paths)
+        download(study, params.study(study), paths)
+        prepare(study, params.study(study), paths)
+        normalize_stats(study, paths)
     return paths

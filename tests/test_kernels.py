@@ -44,7 +44,7 @@ def test_heart_rate_peaks_are_the_avx2_ones():
     """find_peaks(distance=150) keeps, among tied R-peak heights, the ones np.argsort puts last;
     numpy's AVX-512 sort orders ties otherwise, and kept other beats: mean 105.90 bpm, not 105.91."""
     from initlab import kernels
-    from initlab.data.datasets import heart_rate_bpm
+    from initlab.data.prepare import heart_rate_bpm
 
     assert not kernels()["numpy_loaded_before_initlab"]  # so the pin reached this process
     bpm = heart_rate_bpm(MIRROR / "ecg" / "ecg.dat", 360.0, 150)

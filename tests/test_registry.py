@@ -144,7 +144,7 @@ def test_data_stages_do_not_import_torch():
 
     code = (
         "import sys; from initlab import cli; from initlab.params import schema, paths, variants; "
-        "from initlab.data import datasets; "
+        "from initlab.data import prepare, raw, splits; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

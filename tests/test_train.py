@@ -327,7 +327,9 @@ def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
 
 @pytest.mark.parametrize("loss", ["bce_logits", "bce"])
 def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss):
-    from initlab.data import datasets as data
+    from initlab.data.prepare import prepare
+    from initlab.data.raw import download
+    from initlab.data.splits import normalize_stats
     from initlab.errors import ParamsError
     from initlab.params.paths import Paths
     from initlab.params.schema import StudyParams
@@ -341,9 +343,9 @@ def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss
     sp["train"] = {**sp["train"], "losses": ["mse", loss], "reproduce": None}
     p = params.model_copy(update={"studies": {"blobs": StudyParams.model_validate(sp)}})
     paths = Paths(tmp_path)
-    data.download("blobs", p.study("blobs"), paths)
-    data.prepare("blobs", p.study("blobs"), paths)
-    data.normalize_stats("blobs", paths)
+    download("blobs", p.study("blobs"), paths)
+    prepare("blobs", p.study("blobs"), paths)
+    normalize_stats("blobs", paths)
     with pytest.raises(
         ParamsError,
         match=f"studies.blobs.train.losses: {loss} is for 2 classes, and blobs's "

@@ -101,7 +101,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 
     Reads the folder INITLAB_DATA_MIRROR names instead of the network when it is set.
     """
-    from initlab.data.datasets import download as run
+    from initlab.data.raw import download as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -113,7 +113,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Split a study's raw data into seeded, stratified train / validation / test."""
-    from initlab.data.datasets import prepare as run
+    from initlab.data.prepare import prepare as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -129,7 +129,7 @@ def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Normalisation statistics (scale, z-score mean/std) from the training split only."""
-    from initlab.data.datasets import normalize_stats
+    from initlab.data.splits import normalize_stats
 
     t0 = time.perf_counter()
     load_params(params).study(study)

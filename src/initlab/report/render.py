@@ -177,7 +177,7 @@ def image_figures(c: Section) -> list[str]:
     if cls:
         best = df.groupby("variant")["test_accuracy"].mean().idxmax()
         pc = df[df["variant"] == best][cls].mean()
-        from initlab.data.datasets import FASHION_MNIST_CLASSES
+        from initlab.data.raw import FASHION_MNIST_CLASSES
 
         names = FASHION_MNIST_CLASSES if sp.data.dataset == "FashionMNIST" else None
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from initlab.core.io import atomic_path, load_weights, read_csv, read_json, write_json
-from initlab.data.datasets import load_split
+from initlab.data.splits import load_split
 from initlab.errors import ParamsError
 from initlab.nets.heads import predictions, targets
 from initlab.nets.models import build_module

@@ -53,7 +53,7 @@ def group_data(group: list[Variant], by_norm: dict[str, dict]) -> dict[str, Tens
 
 
 def load_study_data(study: str, normalize: str, paths: Paths, device: str, all_data: bool):
-    from initlab.data.datasets import load_split
+    from initlab.data.splits import load_split
 
     data = {}
     for split in ("train", "val"):
@@ -70,7 +70,7 @@ def train_study(
 ) -> list[Result]:
     """Train every variant of ``study``; returns results in ``variants()`` order."""
     from initlab.core.io import read_json
-    from initlab.data.datasets import shuffled_split
+    from initlab.data.splits import shuffled_split
 
     sp = params.study(study)
     st: StudyTrain = sp.train
