@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import MIRROR, REPO
-from initlab.tracking.log import project_root, tracking_uri
+from initlab.tracking.location import project_root, tracking_uri
 
 LRS = ("1.0", "0.5", "0.25", "4.0")  # studies.line.train.lr of the four queued experiments
 QUEUE_TIMEOUT_S = 900

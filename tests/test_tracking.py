@@ -175,7 +175,7 @@ def test_broken_weights_are_refused_before_the_store_is_opened(project, tmp_path
 
 
 def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project, monkeypatch):
-    from initlab.tracking.log import ModelWriter
+    from initlab.tracking.models import ModelWriter
 
     bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
     real = ModelWriter.save
@@ -326,7 +326,7 @@ def test_an_empty_store_file_is_made_a_store(project, tmp_path, monkeypatch):
 
 
 def test_a_run_left_running_by_a_dead_process_is_ended_killed_and_logged_again(project):
-    from initlab.tracking.log import OWNER_TAG
+    from initlab.tracking.existing import OWNER_TAG
 
     first = track("line")["runs"]["line"]
     cl = client()

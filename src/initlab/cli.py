@@ -234,7 +234,8 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
     from initlab.core.io import write_json
     from initlab.core.signals import sigterm_raises
-    from initlab.tracking.log import log_studies, tracking_uri
+    from initlab.tracking.location import tracking_uri
+    from initlab.tracking.log import log_studies
     from initlab.tracking.runs import trained_runs
 
     p = load_params(params)

@@ -21,7 +21,6 @@ host and pid) is ended KILLED by the next ``track`` on that host, and its model 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import socket
@@ -32,48 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-from initlab.core.io import pid_alive
 from initlab.errors import DataError, ParamsError, StoreError
 from initlab.params.paths import Paths
 from initlab.params.schema import Params
+from initlab.tracking.existing import (
+    DVC_EXP_TAG,
+    OWNER_TAG,
+    RUN_KEY_TAG,
+    end_orphans,
+    store_runs,
+    sweep_litter,
+)
+from initlab.tracking.location import artifact_location, tracking_uri
+from initlab.tracking.models import ModelWriter, save_model
 from initlab.tracking.runs import TrainedRun, VariantRun
 from initlab.tracking.store import deferred_signals, is_sql, open_client, store_lock
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_KEY_TAG, OWNER_TAG, DVC_EXP_TAG = "initlab.run_key", "initlab.owner", "dvc.exp_name"
 MAX_BATCH, MAX_PARAMS = 1000, 100  # MLflow's limits per log_batch call
 # Curves as logged (their own keys: a final value logged under a curve's key spikes its chart) and saved.
 LOGGED_STATS = ("act_std", "grad_norm", "saturated", "dead", "update_ratio")  # of initlab.nets.diagnostics.STATS
 CURVES = {"train_loss_step": "step_loss", "val_loss_epoch": "val_loss", "val_accuracy_epoch": "val_acc"}
-
-
-def project_root(cwd: Path | None = None) -> Path:
-    """The project's root: the working directory, or, inside the workspace DVC makes for a queued
-    or temporary experiment (``<project>/.dvc/tmp/exps/<tmp>/``, deleted when it ends), the
-    project it was made from, so that its runs land in the project's store, not in the workspace."""
-    cwd = (cwd or Path.cwd()).resolve()
-    parts = cwd.parts
-    for i in range(1, len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db`` (``sqlite:///mlflow.db`` in its root)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = project_root()
-    return DEFAULT_TRACKING_URI if root == Path.cwd().resolve() else f"sqlite:///{root / 'mlflow.db'}"
-
-
-def artifact_location(experiment: str) -> str | None:
-    """Where a new experiment keeps its runs' artifacts: MLflow's default (``./mlruns``) in the
-    project, ``<project>/mlruns/<experiment>`` from a DVC experiment's temporary workspace."""
-    root = project_root()
-    if os.environ.get("MLFLOW_TRACKING_URI") or root == Path.cwd().resolve():
-        return None
-    return f"{(root / 'mlruns').as_uri()}/{experiment}"
 
 
 def run_contents(r: TrainedRun, max_points: int) -> tuple[list, list]:
@@ -106,122 +83,6 @@ def log_batch(cl, run_id: str, metrics: list, params: list) -> None:
         p, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
         m, metrics = metrics[: MAX_BATCH - len(p)], metrics[MAX_BATCH - len(p) :]
         cl.log_batch(run_id, metrics=m, params=p, synchronous=True)
-
-
-class ModelWriter:
-    """Saves each run's model in MLflow's pytorch format as ``pt2``: a traced graph, no pickle.
-
-    ``mlflow.pytorch.save_model`` traces the model with ``torch.export`` each time, most of a
-    run's cost. Models of one architecture share their graph, so it is traced once per
-    architecture (a template, saved by MLflow), and each run's model is the template with the
-    run's weights put into the traced program and saved with ``torch.export.save``, and a new
-    ``model_uuid``. ``mlflow.pytorch.load_model`` loads it as it loads the template (a test
-    compares their outputs).
-    """
-
-    def __init__(self, scratch: Path) -> None:
-        import torch
-
-        self.scratch, self.templates = scratch, {}
-        self.requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-
-    def save(self, r: TrainedRun, path: Path) -> None:
-        import shutil
-        import uuid
-        from datetime import UTC, datetime
-
-        import torch
-        from mlflow.models import Model
-
-        from initlab.core.io import load_weights
-
-        weights = load_weights(r.weights)
-        template, program = self._template(r.arch, weights)
-        shutil.copytree(template, path)
-        with torch.no_grad():
-            for name, value in weights.items():
-                program.state_dict[name].copy_(value)
-        torch.export.save(program, path / "data" / "model.pt2")
-        model = Model.load(path)
-        model.model_uuid, model.utc_time_created = uuid.uuid4().hex, str(datetime.now(UTC).replace(tzinfo=None))
-        model.save(path / "MLmodel")
-
-    def _template(self, arch: dict, weights: dict):
-        import mlflow.pytorch
-        import torch
-        from mlflow.models.signature import ModelSignature
-        from mlflow.types.schema import Schema, TensorSpec
-
-        from initlab.nets.models import build_module
-
-        shape = json.dumps(arch, sort_keys=True)
-        if shape not in self.templates:
-            module = build_module(**arch)
-            module.load_state_dict(weights)
-            n_in, n_out = arch["sizes"][0], arch["sizes"][-1]
-            sig = ModelSignature(*(Schema([TensorSpec(np.dtype(np.float32), (-1, n))]) for n in (n_in, n_out)))
-            path = self.scratch / f"template-{len(self.templates)}"
-            mlflow.pytorch.save_model(
-                module.eval(),
-                path,
-                serialization_format="pt2",
-                pip_requirements=self.requirements,
-                input_example=torch.zeros(2, n_in).numpy(),
-                signature=sig,
-            )
-            self.templates[shape] = (path, torch.export.load(path / "data" / "model.pt2"))
-        return self.templates[shape]
-
-
-def end_orphans(cl, experiment: str) -> int:
-    """End KILLED the RUNNING runs whose ``track`` process on this host no longer exists."""
-    ended = 0
-    for run in cl.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=50_000):
-        host, _, pid = run.data.tags.get(OWNER_TAG, "").rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
-            cl.set_terminated(run.info.run_id, "KILLED")
-            ended += 1
-    return ended
-
-
-def finished_keys(cl, experiment: str) -> dict[str, str]:
-    """``initlab.run_key`` -> run id of the FINISHED runs of ``experiment`` (the latest of equals)."""
-    return {key: runs[0].info.run_id for key, runs in store_runs(cl, experiment, "FINISHED").items()}
-
-
-def store_runs(cl, experiment: str, status: str | None = None) -> dict[str, list]:
-    """``initlab.run_key`` -> the runs of ``experiment`` (not deleted) with that key, latest first;
-    of one ``status`` only when given."""
-    keys: dict[str, list] = {}
-    token = None
-    while True:
-        page = cl.search_runs(
-            [experiment],
-            f"attributes.status = '{status}'" if status else "",
-            max_results=10_000,
-            order_by=["attributes.start_time DESC"],
-            page_token=token,
-        )
-        for run in page:
-            if key := run.data.tags.get(RUN_KEY_TAG):
-                keys.setdefault(key, []).append(run)
-        if not (token := page.token):
-            return keys
-
-
-def sweep_litter(cl, runs: dict[str, list]) -> int:
-    """Delete (MLflow's soft delete: hidden, purged by ``mlflow gc``) every FAILED or KILLED run
-    whose key a FINISHED run holds: the leftover of an interrupted ``track`` that a later one
-    completed. Returns how many; ``runs`` (``store_runs``) loses them."""
-    deleted = 0
-    for same in runs.values():
-        if any(r.info.status == "FINISHED" for r in same):
-            for r in [r for r in same if r.info.status in ("FAILED", "KILLED")]:
-                with deferred_signals(is_sql(tracking_uri())):
-                    cl.delete_run(r.info.run_id)
-                same.remove(r)
-                deleted += 1
-    return deleted
 
 
 @contextlib.contextmanager
@@ -346,21 +207,6 @@ def _log_seeds(
             ids[r.run_name] = run_id
             logged += 1
     return ids, logged
-
-
-def save_model(cl, info, r: TrainedRun, models: ModelWriter) -> None:
-    """``r``'s model as the run's ``model`` artifact: written in place where the run's artifacts
-    are a local folder (the default; copying it there cost a tenth of ``track``), else saved
-    aside and uploaded with ``log_artifacts``."""
-    from urllib.parse import unquote, urlparse
-
-    uri = urlparse(info.artifact_uri)
-    if uri.scheme in ("", "file") and uri.netloc in ("", "localhost"):
-        models.save(r, Path(unquote(uri.path)) / "model")
-        return
-    with tempfile.TemporaryDirectory(prefix="initlab-model-") as tmp:
-        models.save(r, Path(tmp) / "model")
-        cl.log_artifacts(info.run_id, f"{tmp}/model", "model")
 
 
 def dataset_input(study: str, paths: Paths):
