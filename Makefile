@@ -42,8 +42,9 @@ test: setup postgres    ## fast tests, then the slow end-to-end tests (dvc repro
 test-fast: setup
 	pytest -q
 
-lint: setup
+lint: setup             ## ruff's checks and its formatter (the same as .pre-commit-config.yaml and .ci/run)
 	ruff check src tests
+	ruff format --check src tests
 
 ui: setup               ## the MLflow UI on http://127.0.0.1:5000, local only
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from initlab.config import Paths, load_params
+from initlab.params.load import load_params
+from initlab.params.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INITLAB_DATA_MIRROR") or REPO.parent / "shared" / "data")
@@ -28,12 +29,14 @@ def params():
 @pytest.fixture(scope="session")
 def small_root(tmp_path_factory, params):
     """line, circles and heart_rate downloaded, prepared and normalised under a temporary root."""
-    from initlab import data
+    from initlab.data.prepare import prepare
+    from initlab.data.raw import download
+    from initlab.data.splits import normalize_stats
 
     os.environ.setdefault("INITLAB_DATA_MIRROR", str(MIRROR))
     paths = Paths(tmp_path_factory.mktemp("root"))
     for study in ("line", "circles", "heart_rate"):
-        data.download(study, params.study(study), paths)
-        data.prepare(study, params.study(study), paths)
-        data.normalize_stats(study, paths)
+        download(study, params.study(study), paths)
+        prepare(study, params.study(study), paths)
+        normalize_stats(study, paths)
     return paths

@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from initlab.cli import app
-from initlab.config import ParamsError, load_params
-from initlab.io import read_npz
+from initlab.core.io import read_npz
+from initlab.errors import ParamsError
+from initlab.params.load import load_params
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
@@ -75,16 +76,25 @@ BAD = [
     ("studies.fashion_mnist.inits.uniform.args", {"a": 1.0, "b": 0.0}, "uniform needs a < b"),
     ("studies.fashion_mnist.inits.uniform.args", {"low": 0.0}, "uniform takes no argument 'low'; allowed: a, b"),
     ("studies.line.inits.bad_start.bias", float("nan"), "bad_start.bias"),
-    ("studies.line.inits.bad_start.bias", "ones",
-     "studies.line.inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'"),
-    ("studies.depth.profiles.full", {"train.epochs": 0},
-     "profiles.full: train.epochs = 0: Input should be greater than 0"),
+    (
+        "studies.line.inits.bad_start.bias",
+        "ones",
+        "studies.line.inits.bad_start.bias = 'ones': allowed: a number, 'zeros' or 'default'",
+    ),
+    (
+        "studies.depth.profiles.full",
+        {"train.epochs": 0},
+        "profiles.full: train.epochs = 0: Input should be greater than 0",
+    ),
     ("studies.depth.profiles.full", {"trian.epochs": 5}, "profiles.full: 'trian.epochs' is not a key"),
     ("studies.depth.train.models.relu30", {"depth": 30, "width": 0}, "allowed: two positive integers"),
     ("studies.depth.train.models.relu30", {"depth": 3, "width": 8, "hidden": [4]}, "not both"),
     ("studies.depth.train.model", {"hidden": [4]}, "give model (one architecture) or models"),
-    ("studies.depth.inits.lsuv.args", {"tol": 0.1, "rounds": 3},
-     "lsuv takes no argument 'rounds'; allowed: tol, max_rounds"),
+    (
+        "studies.depth.inits.lsuv.args",
+        {"tol": 0.1, "rounds": 3},
+        "lsuv takes no argument 'rounds'; allowed: tol, max_rounds",
+    ),
     ("studies.saturation.train.diagnostics.at_steps", [-1], "greater than or equal to 0"),
     ("studies.circles_dlai.data.val_args", None, "give both"),
     ("studies.line.train.lr", [True], "studies.line.train.lr.0 = True: Input should be a valid number"),
@@ -107,7 +117,7 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
 def test_the_report_names_the_profile_its_numbers_come_from(tmp_path):
     """Default params ran no profile; params with the profile's values set ran it, and the note
     gives the command for each other profile."""
-    from initlab.report import profile_note
+    from initlab.report.prose import profile_note
 
     default = load_params().study("depth")
     assert "Profile: **default**" in profile_note("depth", default)
@@ -134,8 +144,11 @@ def store_rows(db: Path) -> dict[str, list]:
 
 def folder_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (the MLflow database aside) with its content."""
-    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
-            if f.is_file() and f.name != "mlflow.db"}  # fmt: skip
+    return {
+        str(f.relative_to(root)): f.read_bytes()
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and f.name != "mlflow.db"
+    }
 
 
 def changes(before: dict, after: dict) -> list[str]:
@@ -147,8 +160,16 @@ def changes(before: dict, after: dict) -> list[str]:
 def project_with_store(tmp_path_factory):
     """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
     root = tmp_path_factory.mktemp("with_store")
-    p = with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default"],
-                                   "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
+    p = with_change(
+        "studies.line.train",
+        {
+            **REPO_PARAMS["studies"]["line"]["train"],
+            "inits": ["default"],
+            "losses": ["bce"],
+            "seeds": [0],
+            "epochs": 2,
+        },
+    )
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.MonkeyPatch.context() as mp:
@@ -167,8 +188,7 @@ def project_with_store(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypatch, key, value,
-                                                              message):
+def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypatch, key, value, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
     for stage in (["download", "line"], ["prepare", "line"], ["train", "line"], ["track"], ["report"]):
@@ -179,8 +199,9 @@ def test_bad_params_stop_the_stage_with_exit_2_and_no_output(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_params_leave_the_store_and_the_outputs_as_they_were(project_with_store, tmp_path,
-                                                                  monkeypatch, key, value, message):
+def test_bad_params_leave_the_store_and_the_outputs_as_they_were(
+    project_with_store, tmp_path, monkeypatch, key, value, message
+):
     shutil.copytree(project_with_store, tmp_path, dirs_exist_ok=True)  # mlflow.db is MLFLOW_TRACKING_URI
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
@@ -208,15 +229,15 @@ def test_unknown_study_is_refused():
 
 
 @pytest.mark.parametrize("where", ["min", "max", "above"])
-def test_heart_rate_threshold_outside_the_data_is_a_params_error(small_root, tmp_path, monkeypatch,
-                                                                  where):
+def test_heart_rate_threshold_outside_the_data_is_a_params_error(small_root, tmp_path, monkeypatch, where):
     shutil.copytree(small_root.pipeline, tmp_path / "pipeline")
     monkeypatch.chdir(tmp_path)
     x = read_npz(small_root.prepared("heart_rate"))["x_train"]
     lo, hi = float(x.min()), float(x.max())
     bpm = {"min": lo, "max": hi, "above": 500.0}[where]
     (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm)))
+        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm))
+    )
     files = folder_bytes(tmp_path)
     result = runner.invoke(app, ["prepare", "heart_rate"])
     assert result.exit_code == 2, result.output
@@ -233,7 +254,8 @@ def test_heart_rate_threshold_inside_the_data_labels_with_it(small_root, tmp_pat
     x = read_npz(small_root.prepared("heart_rate"))["x_train"][:, 0]
     bpm = float(np.unique(x)[1])  # the lowest threshold with a beat on each side
     (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm)))
+        yaml.safe_dump(with_change("studies.heart_rate.data.threshold_bpm", bpm))
+    )
     result = runner.invoke(app, ["prepare", "heart_rate"])
     assert result.exit_code == 0, result.output
     d = read_npz(tmp_path / "pipeline" / "prepared" / "heart_rate.npz")
@@ -249,11 +271,14 @@ def test_bench_refuses_an_unknown_device_with_one_line(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"device: cpu\ndevice: cuda\n", "not valid YAML at line 2, column 1: duplicate key 'device'"),
-    (b"studies: {line: [1, 2}\n", "not valid YAML at line 1, column"),
-    (b"device: \xff\xfe cpu\n", "not UTF-8 text"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"device: cpu\ndevice: cuda\n", "not valid YAML at line 2, column 1: duplicate key 'device'"),
+        (b"studies: {line: [1, 2}\n", "not valid YAML at line 1, column"),
+        (b"device: \xff\xfe cpu\n", "not UTF-8 text"),
+    ],
+)
 def test_a_params_file_that_is_not_clean_yaml_is_one_line_with_where(tmp_path, content, message):
     f = tmp_path / "params.yaml"
     f.write_bytes(content)
@@ -267,10 +292,13 @@ def test_params_pointing_at_a_folder_is_one_line(tmp_path):
         load_params(tmp_path)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("studies.line.train.batch_size", 41, "batch_size = 41 is more than the training split's 40 rows"),
-    ("studies.line.train.epochs", 10**12, "allowed here: at most"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("studies.line.train.batch_size", 41, "batch_size = 41 is more than the training split's 40 rows"),
+        ("studies.line.train.epochs", 10**12, "allowed here: at most"),
+    ],
+)
 def test_training_params_that_do_not_fit_the_data_stop_before_training(tmp_path, monkeypatch, key, value, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(key, value)))
@@ -294,8 +322,16 @@ def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypat
 def evaluated_line(tmp_path_factory):
     """line, cut to 3 models, through download ... evaluate (no MLflow)."""
     root = tmp_path_factory.mktemp("evaluated")
-    p = with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default"],
-                                           "losses": ["bce"], "seeds": [0], "epochs": 2})  # fmt: skip
+    p = with_change(
+        "studies.line.train",
+        {
+            **REPO_PARAMS["studies"]["line"]["train"],
+            "inits": ["default"],
+            "losses": ["bce"],
+            "seeds": [0],
+            "epochs": 2,
+        },
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -332,20 +368,34 @@ BROKEN = [  # (file, how, the stage that reads it, what the one line says)
     ("pipeline/train/line/runs.csv", lambda p: p.write_text(""), "evaluate", "unreadable"),
     ("pipeline/train/line/runs.csv", lambda p: p.write_text("a,b\n1,2\n"), "evaluate", "no column run_name"),
     ("pipeline/train/line/curves.npz", truncate, "report", "train@line"),
-    ("pipeline/raw/line/line.npz", lambda p: shutil.rmtree(p.parent), "prepare",
-     "missing; run `dvc repro -f download@line`"),
-    ("pipeline/prepared/line.npz", of_circles, "normalize",
-     "holds study 'circles', not 'line'; run `dvc repro -f prepare@line`"),
+    (
+        "pipeline/raw/line/line.npz",
+        lambda p: shutil.rmtree(p.parent),
+        "prepare",
+        "missing; run `dvc repro -f download@line`",
+    ),
+    (
+        "pipeline/prepared/line.npz",
+        of_circles,
+        "normalize",
+        "holds study 'circles', not 'line'; run `dvc repro -f prepare@line`",
+    ),
     ("pipeline/prepared/line.json", of_circles, "train", "holds study 'circles', not 'line'"),
-    ("pipeline/normalize/line.json", of_circles, "evaluate",
-     "holds study 'circles', not 'line'; run `dvc repro -f normalize@line`"),
-]  # fmt: skip
+    (
+        "pipeline/normalize/line.json",
+        of_circles,
+        "evaluate",
+        "holds study 'circles', not 'line'; run `dvc repro -f normalize@line`",
+    ),
+]
 
 
-@pytest.mark.parametrize(("name", "breaks", "stage", "message"), BROKEN,
-                         ids=[f"{b[2]}-{Path(b[0]).name}" for b in BROKEN])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "breaks", "stage", "message"), BROKEN, ids=[f"{b[2]}-{Path(b[0]).name}" for b in BROKEN]
+)
 def test_a_broken_stage_input_is_one_line_naming_the_file_and_the_stage_to_rerun(
-        evaluated_line, tmp_path, monkeypatch, name, breaks, stage, message):  # fmt: skip
+    evaluated_line, tmp_path, monkeypatch, name, breaks, stage, message
+):
     shutil.copytree(evaluated_line, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     breaks(tmp_path / name)

@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from initlab.config import StudyTrain, Variant
-from initlab.diagnostics import layer_stats
-from initlab.models import StackedMLP
-from initlab.train import GroupLoss, train_group
+from initlab.nets.diagnostics import layer_stats
+from initlab.nets.models import StackedMLP
+from initlab.params.schema import StudyTrain
+from initlab.params.variants import Variant
+from initlab.training.loop import GroupLoss, train_group
 
 
 def stack_of(activation: str, seeds=(0, 1), sizes=(5, 16, 8, 3)):
-    from initlab.config import InitSpec
+    from initlab.params.schema import InitSpec
 
     stack = StackedMLP(len(seeds), list(sizes), activation)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -61,17 +62,28 @@ def test_stats_match_a_standalone_module(activation):
 def test_probing_changes_no_training_and_reports_each_point():
     """A model trains bit for bit the same with diagnostics at many steps as with none; the rows
     hold init, each asked step and the end, and update ratios are the step's ||dW|| / ||W||."""
-    base = dict(model={"hidden": [16, 8], "activation": "relu", "dropout": 0.2}, optimizer="adam", lr=[0.01],
-                batch_size=10, shuffle=True, epochs=3, seeds=[0], inits=["xavier_normal"],
-                losses=["cross_entropy"], eval_train=False)  # fmt: skip
+    base = dict(
+        model={"hidden": [16, 8], "activation": "relu", "dropout": 0.2},
+        optimizer="adam",
+        lr=[0.01],
+        batch_size=10,
+        shuffle=True,
+        epochs=3,
+        seeds=[0],
+        inits=["xavier_normal"],
+        losses=["cross_entropy"],
+        eval_train=False,
+    )
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(45, 5, generator=g), torch.randint(0, 3, (45,), generator=g)
     data = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
-    from initlab.config import InitSpec
+    from initlab.params.schema import InitSpec
 
     inits = {"xavier_normal": InitSpec(name="xavier_normal"), "lsuv": InitSpec(name="lsuv")}
-    group = [Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
-             Variant("t", "lsuv", "mse", "none", 0.01, 4)]  # fmt: skip
+    group = [
+        Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
+        Variant("t", "lsuv", "mse", "none", 0.01, 4),
+    ]
     many = train_group(StudyTrain(**base, diagnostics={"at_steps": [0, 1, 5, 7, 200]}), group, inits, data, 3)
     few = train_group(StudyTrain(**base, diagnostics={"at_steps": []}), group, inits, data, 3)
     for a, b in zip(many, few):
@@ -79,8 +91,13 @@ def test_probing_changes_no_training_and_reports_each_point():
         assert all(torch.equal(p, q) for p, q in pairs)
         assert (a.step_loss == b.step_loss).all()
     rows = many[0].diagnostics
-    assert [(r["point"], r["step"]) for r in rows[::3]] == [("init", 0), ("step1", 1), ("step5", 5), ("step7", 7),
-                                                             ("end", 15)]  # 200 is past the 15 steps
+    assert [(r["point"], r["step"]) for r in rows[::3]] == [
+        ("init", 0),
+        ("step1", 1),
+        ("step5", 5),
+        ("step7", 7),
+        ("end", 15),
+    ]  # 200 is past the 15 steps
     assert [r["layer"] for r in rows[:3]] == [1, 2, 3]
     assert all(r["update_ratio"] > 0 for r in rows)
     assert [r["point"] for r in few[0].diagnostics[::3]] == ["end"]

@@ -39,10 +39,13 @@ def project(tmp_path_factory):
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, work / name)
     shutil.copy(CI_PARAMS, work / "params.yaml")
-    env = {**os.environ, "INITLAB_DATA_MIRROR": str(MIRROR),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    env = {
+        **os.environ,
+        "INITLAB_DATA_MIRROR": str(MIRROR),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     run(["git", "init", "-q"], work, env)
     first = run(["dvc", "repro"], work, env)
     run(["git", "add", "-A"], work, env)
@@ -77,7 +80,7 @@ def records(work: Path) -> dict[str, dict]:
 
 def gate(work: Path):
     """This run against the committed baseline, as `initlab verify` judges it."""
-    from initlab.verify import compare, summary
+    from initlab.results.verify import compare, summary
 
     got, want = records(work), json.loads(BASELINE.read_text())
     c = compare(want, got)
@@ -108,7 +111,7 @@ def retrain(work: Path, tmp: Path, env: dict, studies: list[str], prelude: str =
 
 
 PLANTED = """
-import math, torch.nn as nn, initlab.registry as r
+import math, torch.nn as nn, initlab.nets.registry as r
 def uniform_rule(w, generator=None):  # the bug: fan_out where the rule says fan_in, and no square root
     y = 1.0 / r.fans(w)[1] ** 0.25
     return nn.init.uniform_(w, -y, y, generator=generator)
@@ -205,16 +208,22 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_stages(project):
 
 def timed(work: Path) -> dict:
     """The track stage's run ids, and its counts and time (in the timings file)."""
-    return {**json.loads((work / "pipeline" / "tracking.json").read_text()),
-            **json.loads((work / "pipeline" / "timings" / "track.json").read_text())}
+    return {
+        **json.loads((work / "pipeline" / "tracking.json").read_text()),
+        **json.loads((work / "pipeline" / "timings" / "track.json").read_text()),
+    }
 
 
 def store(work: Path) -> tuple[dict[str, tuple[str, str]], dict[str, set[str]]]:
     """run id -> (experiment name, status), and run id -> its metric keys."""
     con = sqlite3.connect(f"file:{work / 'mlflow.db'}?mode=ro", uri=True)
     try:
-        runs = {rid: (exp, status) for rid, exp, status in con.execute(
-            "SELECT r.run_uuid, e.name, r.status FROM runs r JOIN experiments e USING (experiment_id)")}
+        runs = {
+            rid: (exp, status)
+            for rid, exp, status in con.execute(
+                "SELECT r.run_uuid, e.name, r.status FROM runs r JOIN experiments e USING (experiment_id)"
+            )
+        }
         keys: dict[str, set[str]] = {}
         for rid, key in con.execute("SELECT DISTINCT run_uuid, key FROM metrics"):
             keys.setdefault(rid, set()).add(key)
@@ -266,8 +275,9 @@ def test_track_again_logs_nothing_and_a_new_store_gets_every_run(project):
 
 def test_bench_refuses_a_subset_with_one_line(project):
     work, env, _ = project
-    out = subprocess.run(["initlab", "bench", "--no-pipeline", "--out", "b.json"], cwd=work, env=env,
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        ["initlab", "bench", "--no-pipeline", "--out", "b.json"], cwd=work, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 2, out.stderr
     assert "48,000 training images" in out.stderr and "train_subset" in out.stderr
     assert not (work / "b.json").exists()
@@ -282,16 +292,37 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
     y = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "yes", "no")
     pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}).to_csv(work / "mine.csv", index=False)
     p = yaml.safe_load((work / "params.yaml").read_text())
-    train = {"model": {"hidden": [8], "activation": "tanh"}, "optimizer": "adam", "lr": [0.05],
-             "batch_size": 32, "epochs": 20, "seeds": [0, 1], "inits": ["xavier_uniform", "zeros"],
-             "losses": ["bce_logits"], "normalize": ["zscore"]}  # fmt: skip
+    train = {
+        "model": {"hidden": [8], "activation": "tanh"},
+        "optimizer": "adam",
+        "lr": [0.05],
+        "batch_size": 32,
+        "epochs": 20,
+        "seeds": [0, 1],
+        "inits": ["xavier_uniform", "zeros"],
+        "losses": ["bce_logits"],
+        "normalize": ["zscore"],
+    }
     inits = {"xavier_uniform": {"name": "xavier_uniform"}, "zeros": {"name": "zeros"}}
-    p["studies"]["moons"] = {"title": "Moons", "question": "Does a tanh MLP separate the moons?",
-                             "data": {"kind": "sklearn", "generator": "make_moons",
-                                      "args": {"n_samples": 300, "noise": 0.2, "random_state": 0}},
-                             "split": {"seed": 0}, "train": train, "inits": inits}  # fmt: skip
-    p["studies"]["mine"] = {"title": "My table", "data": {"kind": "table", "path": "mine.csv", "target": "label"},
-                            "split": {"seed": 1}, "train": train, "inits": inits}  # fmt: skip
+    p["studies"]["moons"] = {
+        "title": "Moons",
+        "question": "Does a tanh MLP separate the moons?",
+        "data": {
+            "kind": "sklearn",
+            "generator": "make_moons",
+            "args": {"n_samples": 300, "noise": 0.2, "random_state": 0},
+        },
+        "split": {"seed": 0},
+        "train": train,
+        "inits": inits,
+    }
+    p["studies"]["mine"] = {
+        "title": "My table",
+        "data": {"kind": "table", "path": "mine.csv", "target": "label"},
+        "split": {"seed": 1},
+        "train": train,
+        "inits": inits,
+    }
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     refused = subprocess.run(["dvc", "repro", "download@mine"], cwd=work, env=env, capture_output=True, text=True)
     digest = hashlib.sha256((work / "mine.csv").read_bytes()).hexdigest()
@@ -300,8 +331,11 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = run(["dvc", "repro"], work, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"{stage}@{s}" for s in ("moons", "mine")
-                   for stage in ("download", "prepare", "normalize", "train", "evaluate")} | {"track", "report"}
+    assert ran == {
+        f"{stage}@{s}"
+        for s in ("moons", "mine")
+        for stage in ("download", "prepare", "normalize", "train", "evaluate")
+    } | {"track", "report"}
     report = (work / "reports" / "report.md").read_text()
     assert "## Moons" in report and "## My table" in report and "*Does a tanh MLP separate the moons?*" in report
     m = variant_means(work / "pipeline" / "evaluate")

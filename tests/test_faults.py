@@ -29,8 +29,13 @@ runner = CliRunner()
 def project(tmp_path_factory):
     """line cut to 8 models (2 variants of 3 seeds, 2 reproductions) through every stage and track."""
     root = tmp_path_factory.mktemp("faults")
-    train = {**REPO_PARAMS["studies"]["line"]["train"], "inits": ["default", "zeros"], "losses": ["bce"],
-             "seeds": [0, 1, 2], "epochs": 2}  # fmt: skip
+    train = {
+        **REPO_PARAMS["studies"]["line"]["train"],
+        "inits": ["default", "zeros"],
+        "losses": ["bce"],
+        "seeds": [0, 1, 2],
+        "epochs": 2,
+    }
     p = with_change("studies.line.train", train)
     p["studies"] = {"line": p["studies"]["line"]}
     p["tracking"]["log_models"] = False
@@ -55,8 +60,11 @@ def copy(project, tmp_path, monkeypatch):
 def folder_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` but the store's (mlflow.db and SQLite's -wal, -shm beside it, which
     a reader touches) and the lock files, with its content."""
-    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
-            if f.is_file() and not f.name.startswith("mlflow.db")}  # fmt: skip
+    return {
+        str(f.relative_to(root)): f.read_bytes()
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and not f.name.startswith("mlflow.db")
+    }
 
 
 def _initlab(args: list[str], root: Path, file_limit: int | None = None) -> subprocess.CompletedProcess:
@@ -68,25 +76,37 @@ def _initlab(args: list[str], root: Path, file_limit: int | None = None) -> subp
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    return subprocess.run([sys.executable, "-m", "initlab", *args], cwd=root, env=env, capture_output=True,
-                          text=True, preexec_fn=limit, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "initlab", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
 
 
 def _active(db: Path) -> list[tuple[str, str]]:
     """(status, run key) of every run not deleted."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return con.execute("SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                           "AND t.key = 'initlab.run_key' WHERE r.lifecycle_stage = 'active'").fetchall()
+        return con.execute(
+            "SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "AND t.key = 'initlab.run_key' WHERE r.lifecycle_stage = 'active'"
+        ).fetchall()
     finally:
         con.close()
 
 
-@pytest.mark.parametrize(("stage", "path"), [
-    ("train", "pipeline/train/line: cannot write: the OS refused a write"),
-    ("evaluate", "pipeline/evaluate/line.csv: cannot write: File too large (errno 27)"),
-    ("prepare", "pipeline/prepared/line.npz: cannot write: File too large (errno 27)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("stage", "path"),
+    [
+        ("train", "pipeline/train/line: cannot write: the OS refused a write"),
+        ("evaluate", "pipeline/evaluate/line.csv: cannot write: File too large (errno 27)"),
+        ("prepare", "pipeline/prepared/line.npz: cannot write: File too large (errno 27)"),
+    ],
+)
 def test_a_full_disk_is_one_line_naming_the_output_and_changes_nothing(copy, stage, path):
     files, rows = folder_bytes(copy), store_rows(copy / "mlflow.db")
     result = _initlab([stage, "line"], copy, file_limit=1024)
@@ -97,14 +117,15 @@ def test_a_full_disk_is_one_line_naming_the_output_and_changes_nothing(copy, sta
 
 
 def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, monkeypatch):
-    import initlab.io
+    import initlab.core.io
 
     files = folder_bytes(copy)
     trained = []
-    monkeypatch.setattr("initlab.train.train_study", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("initlab.training.study.train_study", lambda *a, **k: trained.append(a))
     real = os.access
-    monkeypatch.setattr(initlab.io.os, "access",
-                        lambda p, mode: not str(p).endswith("train/line") and real(p, mode))  # fmt: skip
+    monkeypatch.setattr(
+        initlab.core.io.os, "access", lambda p, mode: not str(p).endswith("train/line") and real(p, mode)
+    )
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "pipeline/train/line: cannot write: the OS says it is not writable" in result.output
@@ -112,7 +133,7 @@ def test_an_output_that_cannot_be_replaced_stops_train_before_training(copy, mon
 
 
 def test_an_output_folder_the_os_will_not_let_go_is_one_line_and_stays_whole(copy, monkeypatch):
-    import initlab.io
+    import initlab.core.io
 
     files = folder_bytes(copy)
     real = os.replace
@@ -122,7 +143,7 @@ def test_an_output_folder_the_os_will_not_let_go_is_one_line_and_stays_whole(cop
             raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
         return real(src, dst)
 
-    monkeypatch.setattr(initlab.io.os, "replace", refuse)
+    monkeypatch.setattr(initlab.core.io.os, "replace", refuse)
     result = runner.invoke(app, ["train", "line"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "pipeline/train/line: cannot write: Operation not permitted (errno 1)" in result.output
@@ -155,7 +176,8 @@ def test_a_read_only_store_is_one_line_with_no_library_traceback(copy):
     assert result.stderr.strip().splitlines() == [
         f"initlab: error: MLFLOW_TRACKING_URI=sqlite:///{copy / 'mlflow.db'}: {copy / 'mlflow.db'} cannot be "
         "written (attempt to write a readonly database); make it and its folder writable (SQLite writes -wal "
-        "and -shm files beside it)"]  # fmt: skip
+        "and -shm files beside it)"
+    ]
     assert changes(files, folder_bytes(copy)) == [] and changes(rows, store_rows(copy / "mlflow.db")) == []
 
 
@@ -188,11 +210,11 @@ def test_broken_weights_found_by_track_change_nothing_in_the_store(copy, content
 
 @pytest.mark.parametrize("fail_at", [1, 2, 4, 7])
 def test_after_a_track_fails_halfway_the_next_logs_exactly_the_missing_runs(copy, monkeypatch, fail_at):
-    import initlab.tracking
+    import initlab.tracking.log
 
     _no_store(copy)
     calls = []
-    real = initlab.tracking.log_batch
+    real = initlab.tracking.log.log_batch
 
     def full_disk(*args, **kwargs):  # the fail_at-th write of metrics fails, as on a full disk
         calls.append(1)
@@ -201,7 +223,7 @@ def test_after_a_track_fails_halfway_the_next_logs_exactly_the_missing_runs(copy
         return real(*args, **kwargs)
 
     with monkeypatch.context() as mp:
-        mp.setattr(initlab.tracking, "log_batch", full_disk)
+        mp.setattr(initlab.tracking.log, "log_batch", full_disk)
         result = runner.invoke(app, ["track"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, (result.output, len(calls))
     assert "mlflow.db: cannot write: No space left on device (errno 28)" in result.output
@@ -222,8 +244,13 @@ def _finished_seeds(db: Path, before: list[tuple[str, str]]) -> set[str]:
     """Keys of seeds' runs (they have a parent) FINISHED in ``before``."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        seeds = {k for (k,) in con.execute("SELECT t.value FROM tags t JOIN tags p ON p.run_uuid = t.run_uuid "
-                                           "AND p.key = 'mlflow.parentRunId' WHERE t.key = 'initlab.run_key'")}
+        seeds = {
+            k
+            for (k,) in con.execute(
+                "SELECT t.value FROM tags t JOIN tags p ON p.run_uuid = t.run_uuid "
+                "AND p.key = 'mlflow.parentRunId' WHERE t.key = 'initlab.run_key'"
+            )
+        }
     finally:
         con.close()
     return {key for status, key in before if status == "FINISHED" and key in seeds}

@@ -13,10 +13,18 @@ PROBE = "import json, initlab; print(json.dumps(initlab.kernels()))"
 
 
 def probe(**env: str) -> dict:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env, "PYTHONPATH": str(REPO / "src")},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -36,7 +44,7 @@ def test_heart_rate_peaks_are_the_avx2_ones():
     """find_peaks(distance=150) keeps, among tied R-peak heights, the ones np.argsort puts last;
     numpy's AVX-512 sort orders ties otherwise, and kept other beats: mean 105.90 bpm, not 105.91."""
     from initlab import kernels
-    from initlab.data import heart_rate_bpm
+    from initlab.data.prepare import heart_rate_bpm
 
     assert not kernels()["numpy_loaded_before_initlab"]  # so the pin reached this process
     bpm = heart_rate_bpm(MIRROR / "ecg" / "ecg.dat", 360.0, 150)

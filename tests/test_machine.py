@@ -9,22 +9,39 @@ import sys
 
 from conftest import REPO
 
-PROBE = "import json, initlab.machine as m; print(json.dumps({'key': m.platform_key(), 'mkl': m.mkl_code_path()}))"
+PROBE = (
+    "import json, initlab.core.machine as m; "
+    "print(json.dumps({'key': m.platform_key(), 'mkl': m.mkl_code_path()}))"
+)
 
 
 def probe(**env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "INITLAB_NATIVE_KERNELS")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env, "PYTHONPATH": str(REPO / "src")},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def test_the_key_names_vendor_vector_units_mkl_branch_kernels_and_versions():
-    from initlab.machine import describe, platform_key
+    from initlab.core.machine import describe, platform_key
 
     k = platform_key()
-    assert set(k) == {"cpu_vendor", "cpu_vector_units", "mkl_cbwr", "mkl_enable_instructions", "aten_capability",
-                      "numpy_avx512", "torch", "numpy", "mkl"}  # fmt: skip
+    assert set(k) == {
+        "cpu_vendor",
+        "cpu_vector_units",
+        "mkl_cbwr",
+        "mkl_enable_instructions",
+        "aten_capability",
+        "numpy_avx512",
+        "torch",
+        "numpy",
+        "mkl",
+    }
     assert k["cpu_vendor"] in ("AuthenticAMD", "GenuineIntel") and "avx2" in k["cpu_vector_units"]
     assert k["aten_capability"] == "AVX2" and k["numpy_avx512"] is False  # initlab's pin
     assert k["mkl"][:4].isdigit() and "\n" not in describe(k)
@@ -38,8 +55,9 @@ def test_mkls_branch_is_in_the_key_and_mkl_itself_reports_it():
 
 
 def test_training_records_the_platform_beside_its_weights(small_root, params):
-    from initlab.machine import platform_key
-    from initlab.train import save_results, train_study
+    from initlab.core.machine import platform_key
+    from initlab.training.save import save_results
+    from initlab.training.study import train_study
 
     out = small_root.root / "saved"
     save_results(train_study(params, "line", small_root, "cpu", show_progress=False), out)

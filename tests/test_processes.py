@@ -37,16 +37,19 @@ def tiny_params(study: str, **train) -> dict:
     """The repository's params with one study cut down (one init, loss, lr and seed)."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     st = p["studies"][study]["train"]
-    st.update(inits=st["inits"][:1], losses=st["losses"][-1:], lr=st["lr"][:1], seeds=[0],
-              reproduce=None, **train)  # fmt: skip
+    st.update(inits=st["inits"][:1], losses=st["losses"][-1:], lr=st["lr"][:1], seeds=[0], reproduce=None, **train)
     return p
 
 
 def project_env(root: Path) -> dict:
     """The environment to run initlab in ``root``: this checkout's source, its own MLflow store."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-            "INITLAB_DATA_MIRROR": str(MIRROR), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "INITLAB_DATA_MIRROR": str(MIRROR),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
 
 
 def make_project(root: Path, small_root, params: dict) -> tuple[Path, dict]:
@@ -93,8 +96,10 @@ def parents(db: Path) -> set[str]:
     """The variants' runs (those that are nobody's child)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        sql = ("SELECT run_uuid FROM runs WHERE run_uuid NOT IN "
-               "(SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')")
+        sql = (
+            "SELECT run_uuid FROM runs WHERE run_uuid NOT IN "
+            "(SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')"
+        )
         return {r for (r,) in con.execute(sql)}
     finally:
         con.close()
@@ -121,8 +126,15 @@ class Terminal:
     def __init__(self, cmd: list[str], cwd: Path, env: dict):
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm needs a width
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=slave, preexec_fn=default_sigint)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            preexec_fn=default_sigint,
+        )
         os.close(slave)
         self.chunks: list[bytes] = []
         self.reader = threading.Thread(target=self._read, args=(master,), daemon=True)
@@ -166,15 +178,16 @@ def messages(stderr: str) -> list[str]:
 
 
 def stage(root: Path, env: dict, *args: str) -> None:
-    out = subprocess.run(initlab(*args), cwd=root, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT)  # fmt: skip
+    out = subprocess.run(initlab(*args), cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, f"initlab {' '.join(args)}:\n{out.stderr}"
 
 
 def tracked(root: Path) -> dict:
     """The track stage's output (run ids) and its counts (in the timings file)."""
-    return {**json.loads((root / "pipeline" / "tracking.json").read_text()),
-            **json.loads((root / "pipeline" / "timings" / "track.json").read_text())}
+    return {
+        **json.loads((root / "pipeline" / "tracking.json").read_text()),
+        **json.loads((root / "pipeline" / "timings" / "track.json").read_text()),
+    }
 
 
 # --------------------------------------------------------------------------- interruption
@@ -226,10 +239,14 @@ def store_temporaries(root: Path) -> list[Path]:
     return sorted(root.glob(".mlflow.db.*.tmp*"))
 
 
-@pytest.mark.parametrize(("signame", "phase"), [
-    ("SIGTERM", "store"),  # MLflow is migrating the new store, aside: none is left, whole or not
-    ("SIGTERM", "logging"), ("SIGINT", "logging"),  # a run is RUNNING
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("signame", "phase"),
+    [
+        ("SIGTERM", "store"),  # MLflow is migrating the new store, aside: none is left, whole or not
+        ("SIGTERM", "logging"),
+        ("SIGINT", "logging"),  # a run is RUNNING
+    ],
+)
 def test_a_signal_stops_track_cleanly_and_the_rerun_completes(evaluated, tmp_path, signame, phase):
     root = tmp_path / "project"
     shutil.copytree(evaluated, root)
@@ -311,8 +328,9 @@ def test_a_hard_killed_track_is_recovered_by_the_next(evaluated, tmp_path, phase
     else:
         assert "RUNNING" in left.values()
 
-    out = subprocess.run(initlab("track", "heart_rate"), cwd=root, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT)  # fmt: skip
+    out = subprocess.run(
+        initlab("track", "heart_rate"), cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert out.returncode == 0, out.stderr
     done = tracked(root)
     after = dict(runs(db))
@@ -379,9 +397,12 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
         stage(root, env, "evaluate", study)
         projects[study] = (root, env)
     assert not db.exists()
-    procs = {study: subprocess.Popen(initlab("track", study), cwd=root, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for study, (root, env) in projects.items()}  # fmt: skip
+    procs = {
+        study: subprocess.Popen(
+            initlab("track", study), cwd=root, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for study, (root, env) in projects.items()
+    }
     for study, proc in procs.items():
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, f"{study}:\n{err}"
@@ -393,8 +414,14 @@ def test_two_tracks_at_once_on_one_new_sqlite_store(small_root, tmp_path):
     for study_ids in ids.values():
         for rid in study_ids.values():
             assert status[rid] == "FINISHED"
-            assert {"train_loss", "val_accuracy", "val_loss", "train_loss_step", "test_accuracy",
-                    "test_loss"} <= keys[rid]  # fmt: skip
+            assert {
+                "train_loss",
+                "val_accuracy",
+                "val_loss",
+                "train_loss_step",
+                "test_accuracy",
+                "test_loss",
+            } <= keys[rid]
 
 
 def test_three_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_path):
@@ -409,8 +436,12 @@ def test_three_tracks_of_one_study_at_once_log_each_model_once(small_root, tmp_p
     root, env = make_project(tmp_path, small_root, p)
     stage(root, env, "train", "line")
     stage(root, env, "evaluate", "line")
-    procs = [subprocess.Popen(initlab("track", "line"), cwd=root, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            initlab("track", "line"), cwd=root, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, err

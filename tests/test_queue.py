@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import MIRROR, REPO
-from initlab.tracking import project_root, tracking_uri
+from initlab.tracking.location import project_root, tracking_uri
 
 LRS = ("1.0", "0.5", "0.25", "4.0")  # studies.line.train.lr of the four queued experiments
 QUEUE_TIMEOUT_S = 900
@@ -57,8 +57,11 @@ def test_queued_experiments_in_two_workers_log_every_run_once_to_the_project_sto
     ci["studies"] = {k: ci["studies"][k] for k in ("line",)}  # the queue is what is tested
     (work / "params.yaml").write_text(yaml.safe_dump(ci, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the project's default
-    env.update(INITLAB_DATA_MIRROR=str(MIRROR), MLFLOW_DISABLE_TELEMETRY="true",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # fmt: skip
+    env.update(
+        INITLAB_DATA_MIRROR=str(MIRROR),
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     run(["git", "init", "-q"], work, env)
     # The baseline logs elsewhere, so that the queued runs create the project's store and experiment.
@@ -66,13 +69,31 @@ def test_queued_experiments_in_two_workers_log_every_run_once_to_the_project_sto
     run(["git", "add", "-A"], work, env)
     run([*git, "commit", "-qm", "baseline"], work, env)
     for lr in LRS:
-        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{lr.replace('.', '_')}", "-S",
-             f"studies.line.train.lr=[{lr}]"], work, env)  # fmt: skip
+        run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                f"lr-{lr.replace('.', '_')}",
+                "-S",
+                f"studies.line.train.lr=[{lr}]",
+            ],
+            work,
+            env,
+        )
     t0 = time.monotonic()
     # `dvc queue start` returns once its workers are up, but was seen to hang after they had run
     # the queue; so it runs in the background, in its own process group, killed at the end.
-    starter = subprocess.Popen(["dvc", "queue", "start", "-j", "2"], cwd=work, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    starter = subprocess.Popen(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=work,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:  # bounded: the queue's own status, polled every 5 s
             status = run(["dvc", "queue", "status"], work, env, timeout=60)
@@ -100,7 +121,8 @@ def test_queued_experiments_in_two_workers_log_every_run_once_to_the_project_sto
             "(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'dvc.exp_name'), "
             "(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'initlab.run_key'), "
             "(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId') "
-            "FROM runs r JOIN experiments e USING (experiment_id) WHERE e.name = 'initlab-line'").fetchall()
+            "FROM runs r JOIN experiments e USING (experiment_id) WHERE e.name = 'initlab-line'"
+        ).fetchall()
     finally:
         con.close()
     assert {status for _, status, *_ in rows} == {"FINISHED"}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from initlab.registry import INITIALIZERS, LOSSES, init_linear
+from initlab.nets.registry import INITIALIZERS, LOSSES, init_linear
 
 FAN_OUT, FAN_IN = 400, 900  # big enough for tight sampling tolerances
 
@@ -30,10 +30,15 @@ def check_normal(w: torch.Tensor, mean: float, std: float) -> None:
     assert w.std().item() == pytest.approx(std, rel=0.02)
 
 
-@pytest.mark.parametrize(("name", "args", "value"), [
-    ("zeros", {}, 0.0), ("ones", {}, 1.0), ("constant", {"val": 0.77}, 0.77),
-    ("constant", {"val": -5.0}, -5.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "args", "value"),
+    [
+        ("zeros", {}, 0.0),
+        ("ones", {}, 1.0),
+        ("constant", {"val": 0.77}, 0.77),
+        ("constant", {"val": -5.0}, -5.0),
+    ],
+)
 def test_constants_are_exact(name, args, value):
     w, b = draw(name, **args)
     assert torch.all(w == torch.tensor(value, dtype=torch.float32))
@@ -63,8 +68,7 @@ def test_kaiming_relu(mode):
     fan = FAN_IN if mode == "fan_in" else FAN_OUT
     bound = math.sqrt(2) * math.sqrt(3 / fan)
     check_uniform(draw("kaiming_uniform", mode=mode, nonlinearity="relu")[0], -bound, bound)
-    check_normal(draw("kaiming_normal", mode=mode, nonlinearity="relu")[0], 0.0,
-                 math.sqrt(2) / math.sqrt(fan))  # fmt: skip
+    check_normal(draw("kaiming_normal", mode=mode, nonlinearity="relu")[0], 0.0, math.sqrt(2) / math.sqrt(fan))
 
 
 def test_default_equals_nn_linear_after_manual_seed():
@@ -111,16 +115,22 @@ def test_bce_logits_equals_bce_on_sigmoid():
     z = torch.tensor([[0.3, -1.2, 2.0]])
     t = torch.tensor([[1.0, 0.0, 1.0]])
     assert LOSSES["bce_logits"].fn(z, t).item() == pytest.approx(
-        LOSSES["bce"].fn(torch.sigmoid(z), t).item(), rel=1e-6)  # fmt: skip
+        LOSSES["bce"].fn(torch.sigmoid(z), t).item(), rel=1e-6
+    )
 
 
 def test_a_function_added_to_the_registry_is_a_valid_initialiser_in_params(monkeypatch):
     """Adding an initialiser is one registry entry plus params: nothing else lists the names."""
-    from initlab import registry
-    from initlab.config import InitSpec, StudyParams
+    from initlab.nets import registry
+    from initlab.params.schema import InitSpec, StudyParams
 
-    study = {"title": "t", "data": {"kind": "line"}, "split": {}, "inits": {"mine": {"name": "half"}},
-             "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["mine"], "losses": ["mse"]}}  # fmt: skip
+    study = {
+        "title": "t",
+        "data": {"kind": "line"},
+        "split": {},
+        "inits": {"mine": {"name": "half"}},
+        "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["mine"], "losses": ["mse"]},
+    }
     with pytest.raises(ValueError, match="unknown initialiser 'half'; allowed: zeros, ones"):
         StudyParams.model_validate(study)
     monkeypatch.setitem(registry.INITIALIZERS, "half", lambda w, generator=None: w.fill_(0.5))
@@ -132,8 +142,11 @@ def test_data_stages_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from initlab import cli, config, data; "
-            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    code = (
+        "import sys; from initlab import cli; from initlab.params import schema, paths, variants; "
+        "from initlab.data import prepare, raw, splits; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -156,8 +169,8 @@ def test_orthogonal_rows_or_columns_are_orthonormal_times_gain(shape, gain):
 def test_lsuv_gives_each_layer_unit_output_std_on_its_batch():
     """LSUV (Mishkin & Matas 2016): orthonormal start, then each layer's pre-activation std on the
     batch within tol of 1, first layer to last; a model of another init in the stack is untouched."""
-    from initlab.config import InitSpec
-    from initlab.models import StackedMLP
+    from initlab.nets.models import StackedMLP
+    from initlab.params.schema import InitSpec
 
     sizes = [20, 64, 64, 64, 3]
     stack = StackedMLP(2, sizes, "relu")

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.evaluate import evaluate_study, summarise, write_evaluation
-from initlab.io import read_json
-from initlab.report import render
-from initlab.train import save_results, train_study
+from initlab.core.io import read_json
+from initlab.report.render import render
+from initlab.results.evaluate import evaluate_study, summarise, write_evaluation
+from initlab.training.save import save_results
+from initlab.training.study import train_study
 
 
 def table(rows: list[tuple[str, int, float, int]]) -> pd.DataFrame:
@@ -19,11 +20,22 @@ def table(rows: list[tuple[str, int, float, int]]) -> pd.DataFrame:
 
 
 def test_summarise_ranks_variant_means_and_leaves_out_diverged_variants():
-    df = table([("a", 0, 0.9, 0), ("a", 1, 0.7, 0),      # mean 0.8
-                ("b", 0, 0.6, 0), ("b", 1, 0.6, 0),      # mean 0.6
-                ("c", 0, np.nan, 1), ("c", 1, np.nan, 1)])  # diverged: no accuracy  # fmt: skip
-    assert summarise(df) == {"best_test_acc": 0.8, "mean_test_acc": 0.7, "worst_test_acc": 0.6,
-                             "diverged": round(2 / 6, 4)}  # fmt: skip
+    df = table(
+        [
+            ("a", 0, 0.9, 0),
+            ("a", 1, 0.7, 0),  # mean 0.8
+            ("b", 0, 0.6, 0),
+            ("b", 1, 0.6, 0),  # mean 0.6
+            ("c", 0, np.nan, 1),
+            ("c", 1, np.nan, 1),
+        ]
+    )  # diverged: no accuracy
+    assert summarise(df) == {
+        "best_test_acc": 0.8,
+        "mean_test_acc": 0.7,
+        "worst_test_acc": 0.6,
+        "diverged": round(2 / 6, 4),
+    }
 
 
 def test_summarise_of_a_study_where_every_run_diverged_has_no_accuracies():
@@ -72,13 +84,18 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
 
 
 def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching_runs():
-    from initlab.config import CompareRow
-    from initlab.report import compare_row
+    from initlab.params.schema import CompareRow
+    from initlab.report.tables import compare_row
 
-    df = pd.DataFrame({"init": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
-                       "seed": [0, 1, 2] * 3 + [0], "diverged": 0,
-                       "loss": ["ce"] * 9 + ["mse"],
-                       "val_accuracy": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, 0.30, 0.31, 0.29, 0.99]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "init": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
+            "seed": [0, 1, 2] * 3 + [0],
+            "diverged": 0,
+            "loss": ["ce"] * 9 + ["mse"],
+            "val_accuracy": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, 0.30, 0.31, 0.29, 0.99],
+        }
+    )
     row = {"seed": "001", "claim": "c", "theirs": "t", "metric": "val_accuracy", "where": {"loss": "ce"}}
     assert compare_row(CompareRow(**row, digits=2), df) == "| 001 | c | t | 0.57 |"
     assert compare_row(CompareRow(**row, show="percent", digits=1), df) == "| 001 | c | t | 57.2 % |"
@@ -86,15 +103,17 @@ def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching
     # b beats a on every seed by 1-2 points while seeds spread by 10: paired over seeds, a is worse
     # (its interval overlaps b's; an unpaired look would call them a tie)
     # three seeds cannot push a corrected p below 0.005: both "worse" verdicts are marked marginal
-    assert ranked == ("| 001 | c | t | top by accuracy (the highest mean and those indistinguishable from it, "
-                      "paired t-test, Holm): b 72 %; worse: 2; marginal (0.005 <= p < 0.1): a, c |")
+    assert ranked == (
+        "| 001 | c | t | top by accuracy (the highest mean and those indistinguishable from it, "
+        "paired t-test, Holm): b 72 %; worse: 2; marginal (0.005 <= p < 0.1): a, c |"
+    )
     assert compare_row(CompareRow(**{**row, "where": {"loss": "l1"}}), df) is None  # no such runs: no row
 
 
 def test_intervals_paired_verdicts_and_holm_correction():
     from scipy import stats as sps
 
-    from initlab.stats import holm, interval, verdicts
+    from initlab.results.stats import holm, interval, verdicts
 
     x = np.array([0.80, 0.70, 0.60])
     low, high = interval(x)
@@ -102,10 +121,14 @@ def test_intervals_paired_verdicts_and_holm_correction():
     assert low == pytest.approx(0.7 - half) and high == pytest.approx(0.7 + half)
     assert interval(np.array([0.5, 0.5])) == (0.5, 0.5) and all(np.isnan(interval(np.array([0.5]))))
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, then max(2p, prev), then p
-    df = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3 + ["z"] * 3 + ["same"] * 3, "seed": [0, 1, 2] * 4,
-                       "diverged": [0] * 6 + [1] * 3 + [0] * 3,
-                       "acc": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, np.nan, np.nan, np.nan,
-                               0.81, 0.72, 0.62]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "variant": ["a"] * 3 + ["b"] * 3 + ["z"] * 3 + ["same"] * 3,
+            "seed": [0, 1, 2] * 4,
+            "diverged": [0] * 6 + [1] * 3 + [0] * 3,
+            "acc": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, np.nan, np.nan, np.nan, 0.81, 0.72, 0.62],
+        }
+    )
     v = verdicts(df, "acc").set_index("variant")
     # a trails b on every seed (raw p 0.038), but two comparisons have p-values: Holm doubles it
     assert v.loc["b", "verdict"] == "best" and v.loc["a", "verdict"] == "indistinguishable"
@@ -118,8 +141,8 @@ def test_intervals_paired_verdicts_and_holm_correction():
 def test_a_study_of_several_models_judges_each_variant_within_its_model():
     """With train.models, the best of each architecture is 'best'; a variant is not called worse
     for losing to a variant of another architecture."""
-    from initlab.config import Variant
-    from initlab.evaluate import variant_stats
+    from initlab.params.variants import Variant
+    from initlab.results.evaluate import variant_stats
 
     rows = []
     for model, base in (("deep", 0.10), ("shallow", 0.80)):
@@ -127,11 +150,22 @@ def test_a_study_of_several_models_judges_each_variant_within_its_model():
             for seed in range(4):
                 v = Variant("s", init, "cross_entropy", "none", 0.01, seed, model=model)
                 assert v.name == f"{init}-cross_entropy-none-lr0.01-{model}"
-                rows.append({"run_name": v.run_name, "variant": v.name, "model": model, "init": init,
-                             "loss": "cross_entropy", "normalize": "none", "lr": 0.01, "seed": seed,
-                             "reproduce": False, "diverged": 0, "val_accuracy": np.nan,
-                             "test_accuracy": base + shift + 0.001 * seed * (1 if init == "a" else -1),
-                             })  # fmt: skip
+                rows.append(
+                    {
+                        "run_name": v.run_name,
+                        "variant": v.name,
+                        "model": model,
+                        "init": init,
+                        "loss": "cross_entropy",
+                        "normalize": "none",
+                        "lr": 0.01,
+                        "seed": seed,
+                        "reproduce": False,
+                        "diverged": 0,
+                        "val_accuracy": np.nan,
+                        "test_accuracy": base + shift + 0.001 * seed * (1 if init == "a" else -1),
+                    }
+                )
     vt = variant_stats(pd.DataFrame(rows)).set_index("variant")
     assert vt.loc["a-cross_entropy-none-lr0.01-deep", "verdict"] == "best"
     assert vt.loc["a-cross_entropy-none-lr0.01-shallow", "verdict"] == "best"

@@ -18,18 +18,23 @@ import yaml
 from pydantic import AfterValidator, BaseModel
 
 from conftest import REPO
-from initlab import config
-from initlab.config import OneOf, ParamsError, init_arg_types, validate_params
-from initlab.registry import INITIALIZERS
+from initlab.errors import ParamsError
+from initlab.nets.registry import INITIALIZERS
+from initlab.params import schema as config
+from initlab.params import sources
+from initlab.params.fields import OneOf, Strict
+from initlab.params.load import validate_params
+from initlab.params.schema import init_arg_types
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 # A table study (no study of params.yaml reads one), so that TableSource is walked too.
 RAW["studies"]["table_example"] = {
-    "title": "t", "data": {"kind": "table", "path": "data/t.csv", "target": "label"},
-    "split": {"seed": 0}, "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["default"],
-                                   "losses": ["bce"]},
+    "title": "t",
+    "data": {"kind": "table", "path": "data/t.csv", "target": "label"},
+    "split": {"seed": 0},
+    "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["default"], "losses": ["bce"]},
     "inits": {"default": {"name": "default"}},
-}  # fmt: skip
+}
 # Every initialiser once, so that each one's keyword arguments are tried (unused labels are allowed).
 RAW["studies"]["table_example"]["inits"].update({f"all_{name}": {"name": name} for name in INITIALIZERS})
 BASE = validate_params(RAW)
@@ -71,7 +76,7 @@ ACCEPTED = {
     ("kaiming_uniform.a", "zero"): "ReLU",
     ("kaiming_normal.a", "negative"): "leaky ReLU's negative slope is any number",
     ("kaiming_normal.a", "zero"): "ReLU",
-}  # fmt: skip
+}
 
 
 def _parts(annotation: Any) -> tuple[set[type], set[Any], list[OneOf], bool]:
@@ -83,8 +88,9 @@ def _parts(annotation: Any) -> tuple[set[type], set[Any], list[OneOf], bool]:
     is_list = False
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        names += [m.func for m in annotation.__metadata__ if isinstance(m, AfterValidator)
-                  and isinstance(m.func, OneOf)]  # fmt: skip
+        names += [
+            m.func for m in annotation.__metadata__ if isinstance(m, AfterValidator) and isinstance(m.func, OneOf)
+        ]
         n, lit, nm, il = _parts(args[0])
         return numbers | n, literals | lit, names + nm, il
     if origin is Literal:
@@ -148,8 +154,15 @@ def _cases() -> list[tuple[str, tuple, str, Any]]:
         values: dict[str, Any] = {}
         if numbers:
             whole = numbers == {int}
-            values = {"negative": -1 if whole else -0.5, "zero": 0, "huge": 10**12 if whole else 1e300,
-                      "bool": True, "string": "1", "inf": math.inf, "nan": math.nan}  # fmt: skip
+            values = {
+                "negative": -1 if whole else -0.5,
+                "zero": 0,
+                "huge": 10**12 if whole else 1e300,
+                "bool": True,
+                "string": "1",
+                "inf": math.inf,
+                "nan": math.nan,
+            }
         if literals or names:
             values["unknown name"] = "no_such_name"
         for case, value in values.items():
@@ -175,15 +188,20 @@ def _with(path: tuple, value: Any) -> dict:
 
 def test_the_walk_reaches_every_model_of_the_schema_and_the_cases_are_counted():
     walked = {field_id.split(".")[0] for _, field_id, _ in _fields(BASE)}
-    models = {c.__name__ for c in vars(config).values()
-              if isinstance(c, type) and issubclass(c, config.Strict) and c is not config.Strict}  # fmt: skip
+    models = {
+        c.__name__
+        for module in (config, sources)
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, Strict) and c is not Strict
+    }
     assert models - walked == set(), "add an example of these models to RAW so that their fields are tried"
     assert len(CASES) > 200  # 1 per enum field, 7 per numeric one; the exact count is in the report
     assert set(ACCEPTED) <= {(f, c) for f, _, c, _ in CASES}, "an ACCEPTED entry no case produces"
 
 
-@pytest.mark.parametrize(("field_id", "path", "case", "value"), CASES,
-                         ids=[f"{'.'.join(map(str, c[1]))}={c[2]}" for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("field_id", "path", "case", "value"), CASES, ids=[f"{'.'.join(map(str, c[1]))}={c[2]}" for c in CASES]
+)
 def test_every_field_refuses_a_bad_value_with_one_line_naming_it(field_id, path, case, value):
     try:
         validate_params(_with(path, value))
@@ -193,7 +211,8 @@ def test_every_field_refuses_a_bad_value_with_one_line_naming_it(field_id, path,
         assert "\n" not in message
         dotted = ".".join(map(str, path))
         # Its key (a list's item: key.0), or, for a rule across keys, the model's key and the field's name.
-        assert dotted in message or (".".join(map(str, path[:-1])) in message
-                                     and re.search(rf"\b{path[-1]}\b", message)), message  # fmt: skip
+        assert dotted in message or (
+            ".".join(map(str, path[:-1])) in message and re.search(rf"\b{path[-1]}\b", message)
+        ), message
         return
     assert (field_id, case) in ACCEPTED, f"{'.'.join(map(str, path))} = {value!r} accepted"

@@ -24,7 +24,7 @@ import requests
 from typer.testing import CliRunner
 
 from initlab.cli import app
-from initlab.server import Server, credentials, pg_program
+from initlab.tracking.server import Server, credentials, pg_program
 from test_processes import (
     TRACK_PARAMS,
     Terminal,
@@ -96,8 +96,9 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
 
     def server(action: str, *extra: str) -> None:
         args = server_cmd[:1] + [action] + server_cmd[1:] + list(extra)
-        out = subprocess.run(initlab(*args), capture_output=True, text=True, timeout=TIMEOUT,
-                             env={**os.environ, **login})  # fmt: skip
+        out = subprocess.run(
+            initlab(*args), capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **login}
+        )
         assert out.returncode == 0, out.stderr
 
     try:
@@ -105,8 +106,10 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
         # Login required: no credentials, no runs.
         search = f"{uri}/api/2.0/mlflow/experiments/search"
         assert requests.get(search, params={"max_results": 1}, timeout=10).status_code == 401
-        assert requests.get(search, params={"max_results": 1}, timeout=10,
-                            auth=tuple(login.values())).status_code == 200  # fmt: skip
+        assert (
+            requests.get(search, params={"max_results": 1}, timeout=10, auth=tuple(login.values())).status_code
+            == 200
+        )
 
         # Two pipelines at once, two projects and studies, one server.
         projects = {}
@@ -114,9 +117,19 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
             proot, env = make_project(tmp_path / study, small_root, tiny_params(study, epochs=20))
             env = {**env, **login, "MLFLOW_TRACKING_URI": uri}
             chain = " && ".join(" ".join(initlab(c, study)) for c in ("train", "evaluate", "track"))
-            projects[study] = (proot, env, subprocess.Popen(chain, shell=True, cwd=proot, env=env,
-                                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                            text=True))  # fmt: skip
+            projects[study] = (
+                proot,
+                env,
+                subprocess.Popen(
+                    chain,
+                    shell=True,
+                    cwd=proot,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
         for study, (proot, _, proc) in projects.items():
             _, err = proc.communicate(timeout=TIMEOUT)
             assert proc.returncode == 0, err
@@ -127,18 +140,26 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
             assert status_counts(study) == {"FINISHED": n_runs + n_parents}  # each once
         # A model on the server loads in another process, with the login from the environment.
         run_id = next(iter(tracked(projects["line"][0])["runs"]["line"].values()))
-        load = (f"import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/model'); "
-                "print(tuple(m(torch.zeros(2, 1)).shape))")  # fmt: skip
-        out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=TIMEOUT,
-                             env={**os.environ, **login, "MLFLOW_TRACKING_URI": uri})  # fmt: skip
+        load = (
+            f"import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/model'); "
+            "print(tuple(m(torch.zeros(2, 1)).shape))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", load],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, **login, "MLFLOW_TRACKING_URI": uri},
+        )
         assert out.returncode == 0 and out.stdout.strip() == "(2, 1)", out.stderr
 
         # A third project's track, 30 runs: the server stops once some are logged.
         proot, env = make_project(tmp_path / "third", small_root, TRACK_PARAMS)
         env = {**env, **login, "MLFLOW_TRACKING_URI": uri}
         for stage in ("train", "evaluate"):
-            subprocess.run(initlab(stage, "heart_rate"), cwd=proot, env=env, check=True, capture_output=True,
-                           timeout=TIMEOUT)  # fmt: skip
+            subprocess.run(
+                initlab(stage, "heart_rate"), cwd=proot, env=env, check=True, capture_output=True, timeout=TIMEOUT
+            )
         assert status_counts("heart_rate") == {}
         t = Terminal(initlab("track", "heart_rate"), proot, env)
         t.wait_for(lambda: status_counts("heart_rate").get("FINISHED", 0) >= 6, "six runs logged")
@@ -154,8 +175,9 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
         server("start")
         left = status_counts("heart_rate")  # what the stop left: some FINISHED, the runs it cut RUNNING
         assert left.get("RUNNING", 0) >= 1, left
-        out = subprocess.run(initlab("track", "heart_rate"), cwd=proot, env=env, capture_output=True, text=True,
-                             timeout=TIMEOUT)  # fmt: skip
+        out = subprocess.run(
+            initlab("track", "heart_rate"), cwd=proot, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
         assert out.returncode == 0, out.stderr
         done = tracked(proot)
         after = status_counts("heart_rate")
@@ -171,7 +193,7 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
 
 
 def test_a_stale_pid_file_never_signals_another_program(tmp_path):
-    from initlab.server import server_pid
+    from initlab.tracking.server import server_pid
 
     s = Server(tmp_path)
     assert server_pid(s) is None  # no pid file

@@ -10,33 +10,39 @@ import sys
 import pytest
 
 from conftest import REPO
-from initlab.signals import Terminated, sigterm_raises
-from initlab.store import StoreError, check_uri, deferred_signals, sqlite_file, store_lock
+from initlab.core.signals import Terminated, sigterm_raises
+from initlab.tracking.store import StoreError, check_uri, deferred_signals, sqlite_file, store_lock
 
 
-@pytest.mark.parametrize(("uri", "path"), [
-    ("sqlite:///mlflow.db", "mlflow.db"),
-    ("sqlite:////abs/dir/mlflow.db", "/abs/dir/mlflow.db"),
-    ("sqlite:///runs/m.db?timeout=30", "runs/m.db"),
-    ("sqlite://", None),
-    ("sqlite:///:memory:", None),
-    ("http://127.0.0.1:5000", None),
-    ("postgresql://u@host/db", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("sqlite:///mlflow.db", "mlflow.db"),
+        ("sqlite:////abs/dir/mlflow.db", "/abs/dir/mlflow.db"),
+        ("sqlite:///runs/m.db?timeout=30", "runs/m.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("http://127.0.0.1:5000", None),
+        ("postgresql://u@host/db", None),
+    ],
+)
 def test_sqlite_file_of_a_tracking_uri(uri, path):
     got = sqlite_file(uri)
     assert (None if got is None else str(got)) == path
 
 
-@pytest.mark.parametrize(("uri", "says"), [
-    ("foo://host/x", "unknown scheme 'foo'"),
-    ("sqlite:///:memory:", "an in-memory store loses every run"),
-    ("sqlite://", "an in-memory store loses every run"),
-    ("sqlite:///{tmp}/afile/mlflow.db", "afile is a file, not a folder"),
-    ("sqlite:///{tmp}", "is a folder, not a database file"),
-    ("postgresql+psycopg2://u@127.0.0.1:1/db", "its database driver is not installed"),
-    ("mysql+nodriver://u@127.0.0.1:1/db", "MLFLOW_TRACKING_URI=mysql+nodriver://"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("foo://host/x", "unknown scheme 'foo'"),
+        ("sqlite:///:memory:", "an in-memory store loses every run"),
+        ("sqlite://", "an in-memory store loses every run"),
+        ("sqlite:///{tmp}/afile/mlflow.db", "afile is a file, not a folder"),
+        ("sqlite:///{tmp}", "is a folder, not a database file"),
+        ("postgresql+psycopg2://u@127.0.0.1:1/db", "its database driver is not installed"),
+        ("mysql+nodriver://u@127.0.0.1:1/db", "MLFLOW_TRACKING_URI=mysql+nodriver://"),
+    ],
+)
 def test_a_uri_mlflow_cannot_use_is_one_line_naming_it(tmp_path, uri, says):
     (tmp_path / "afile").write_text("")
     uri = uri.format(tmp=tmp_path)
@@ -46,8 +52,16 @@ def test_a_uri_mlflow_cannot_use_is_one_line_naming_it(tmp_path, uri, says):
     assert str(err.value).startswith(f"MLFLOW_TRACKING_URI={uri}")
 
 
-@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "file:///tmp/mlruns", "http://127.0.0.1:5000",
-                                 "https://mlflow.example.org", "databricks"])  # fmt: skip
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:///mlflow.db",
+        "file:///tmp/mlruns",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.org",
+        "databricks",
+    ],
+)
 def test_uris_mlflow_can_use_pass(uri):
     check_uri(uri)
 
@@ -80,9 +94,11 @@ def test_a_disabled_deferral_lets_the_signal_through_at_once():
 
 def test_the_study_lock_is_shared_with_other_processes(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    other = ("import sys; from initlab.store import store_lock, StoreError\n"
-             "try:\n    with store_lock(sys.argv[1], sys.argv[2], timeout=0.2): pass\n"
-             "except StoreError as e: sys.exit(str(e))")  # fmt: skip
+    other = (
+        "import sys; from initlab.tracking.store import store_lock, StoreError\n"
+        "try:\n    with store_lock(sys.argv[1], sys.argv[2], timeout=0.2): pass\n"
+        "except StoreError as e: sys.exit(str(e))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
     def other_takes(name):
@@ -106,7 +122,7 @@ def test_a_store_another_process_linked_meanwhile_is_used_not_replaced(tmp_path,
 
     import mlflow.store.tracking.sqlalchemy_store as sa
 
-    from initlab.store import _sqlite_ready
+    from initlab.tracking.store import _sqlite_ready
 
     db = tmp_path / "mlflow.db"
     real = sa.SqlAlchemyStore

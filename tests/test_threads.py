@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow  # three trainings of 28 models in child processes
 
 
 def _digests(folder) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +35,31 @@ def heavy_root(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump({**raw, "studies": {"fashion_mnist": study}}))
     env = {**os.environ, "INITLAB_DATA_MIRROR": str(MIRROR)}
     for stage in ("download", "prepare", "normalize"):
-        subprocess.run([sys.executable, "-m", "initlab", stage, "fashion_mnist"], cwd=root, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "initlab", stage, "fashion_mnist"],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     return root, env
 
 
 def test_training_and_evaluation_give_the_same_bytes_on_1_2_and_4_threads(heavy_root):
-    from initlab.train import SPLIT_PARTS
+    from initlab.training.stacks import SPLIT_PARTS
 
     root, env = heavy_root
     seen = {}
     for threads in (1, 2, 4):
         run_env = {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         for stage in ("train", "evaluate"):
-            p = subprocess.run([sys.executable, "-m", "initlab", stage, "fashion_mnist"], cwd=root, env=run_env,
-                               capture_output=True, text=True)  # fmt: skip
+            p = subprocess.run(
+                [sys.executable, "-m", "initlab", stage, "fashion_mnist"],
+                cwd=root,
+                env=run_env,
+                capture_output=True,
+                text=True,
+            )
             assert p.returncode == 0, p.stderr[-2000:]
         got = _digests(root / "pipeline" / "train" / "fashion_mnist")
         got.update({f"evaluate/{k}": v for k, v in _digests(root / "pipeline" / "evaluate").items()})

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from initlab.cli import app
-from initlab.io import sha256
+from initlab.core.io import sha256
 
 runner = CliRunner()
 LINE = "pipeline/train/line"
@@ -95,8 +95,12 @@ def test_a_second_track_logs_nothing_and_a_changed_weight_file_only_its_run(proj
 
 def test_training_again_gives_the_same_files_and_adds_no_runs(project):
     first = track("line")
-    outputs = [Path(LINE, "runs.csv"), Path(LINE, "curves.npz"), *sorted(Path(LINE, "weights").iterdir()),
-               Path("pipeline/evaluate/line.csv")]  # fmt: skip
+    outputs = [
+        Path(LINE, "runs.csv"),
+        Path(LINE, "curves.npz"),
+        *sorted(Path(LINE, "weights").iterdir()),
+        Path("pipeline/evaluate/line.csv"),
+    ]
     before = [f.read_bytes() for f in outputs]
     timing = Path("pipeline/timings/train-line.json").read_text()
     for stage in ("train", "evaluate"):  # what `dvc repro -f` runs
@@ -124,7 +128,7 @@ def test_a_killed_or_failed_run_is_logged_again(project):
 def test_the_run_holds_train_and_test_metrics_params_and_a_loadable_pt2_model(project):
     import mlflow.pytorch
 
-    from initlab.models import build_module
+    from initlab.nets.models import build_module
 
     ids = track("line")["runs"]["line"]
     cl = client()
@@ -171,7 +175,7 @@ def test_broken_weights_are_refused_before_the_store_is_opened(project, tmp_path
 
 
 def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(project, monkeypatch):
-    from initlab.tracking import ModelWriter
+    from initlab.tracking.models import ModelWriter
 
     bad = sorted(Path(f"{LINE}/weights").iterdir())[1]
     real = ModelWriter.save
@@ -193,13 +197,15 @@ def test_a_model_that_cannot_be_saved_fails_its_run_and_no_run_is_left_running(p
     assert not Path("pipeline/tracking.json").exists()
 
 
-@pytest.mark.parametrize(("remove", "args", "named"), [
-    ("pipeline/evaluate/line.csv", ["line"], "pipeline/evaluate/line.csv missing"),
-    (LINE, ["line"], f"{LINE}/runs.csv missing"),
-    (None, [], "pipeline/train/circles/runs.csv missing"),  # the DVC stage logs every study
-])  # fmt: skip
-def test_a_missing_input_is_one_line_naming_the_file_and_the_stage(project, tmp_path, remove, args,
-                                                                    named):
+@pytest.mark.parametrize(
+    ("remove", "args", "named"),
+    [
+        ("pipeline/evaluate/line.csv", ["line"], "pipeline/evaluate/line.csv missing"),
+        (LINE, ["line"], f"{LINE}/runs.csv missing"),
+        (None, [], "pipeline/train/circles/runs.csv missing"),  # the DVC stage logs every study
+    ],
+)
+def test_a_missing_input_is_one_line_naming_the_file_and_the_stage(project, tmp_path, remove, args, named):
     if remove:
         shutil.rmtree(remove) if Path(remove).is_dir() else Path(remove).unlink()
     study = "line" if remove else "circles"
@@ -222,10 +228,12 @@ def test_a_model_trained_again_but_not_evaluated_is_refused(project, tmp_path):
 
 
 def test_train_and_evaluate_do_not_import_mlflow(project, tmp_path):
-    code = ("import sys\nfrom initlab.cli import app\n"
-            "for stage in ('train', 'evaluate'):\n"
-            "    app([stage, 'line'], standalone_mode=False)\n"
-            "assert 'mlflow' not in sys.modules, 'mlflow imported'\n")  # fmt: skip
+    code = (
+        "import sys\nfrom initlab.cli import app\n"
+        "for stage in ('train', 'evaluate'):\n"
+        "    app([stage, 'line'], standalone_mode=False)\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -281,13 +289,16 @@ def _broken_store(kind: str, tmp_path: Path, stack) -> str:
     return f"sqlite:///{db}"
 
 
-@pytest.mark.parametrize(("kind", "says"), [
-    ("refused", "no store answered within 2 s"),
-    ("silent", "no store answered within 2 s"),
-    ("garbage", "is not a whole MLflow store (file is not a database)"),
-    ("half-made", "is not a whole MLflow store (no such table: alembic_version)"),
-    ("truncated", "is not a whole MLflow store"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("refused", "no store answered within 2 s"),
+        ("silent", "no store answered within 2 s"),
+        ("garbage", "is not a whole MLflow store (file is not a database)"),
+        ("half-made", "is not a whole MLflow store (no such table: alembic_version)"),
+        ("truncated", "is not a whole MLflow store"),
+    ],
+)
 def test_a_store_that_cannot_be_used_fails_fast_in_one_line(project, tmp_path, monkeypatch, kind, says):
     import contextlib
     import time
@@ -315,7 +326,7 @@ def test_an_empty_store_file_is_made_a_store(project, tmp_path, monkeypatch):
 
 
 def test_a_run_left_running_by_a_dead_process_is_ended_killed_and_logged_again(project):
-    from initlab.tracking import OWNER_TAG
+    from initlab.tracking.existing import OWNER_TAG
 
     first = track("line")["runs"]["line"]
     cl = client()

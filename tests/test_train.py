@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import initlab.train as train_mod
-from initlab.config import Variant
-from initlab.models import DropoutStreams, StackedMLP
-from initlab.optim import StackedAdam, StackedSGD
-from initlab.train import (
-    Stack,
-    Stopped,
-    group_data,
-    load_study_data,
-    run_stacks,
-    split_group,
-    stacks_for,
-    train_group,
-    train_study,
-)
+import initlab.training.stacks as stacks_mod
+from initlab.nets.models import DropoutStreams, StackedMLP
+from initlab.nets.optim import StackedAdam, StackedSGD
+from initlab.params.variants import Variant
+from initlab.training.loop import Stopped, train_group
+from initlab.training.stacks import Stack, run_stacks, split_group, stacks_for
+from initlab.training.study import group_data, load_study_data, train_study
 
 
 def narrowed(params, study, **update):
@@ -42,10 +34,8 @@ def test_line_reproduction_seed_000(params, small_root):
 
 
 def test_circles_reproduction_seed_002(params, small_root):
-    p = narrowed(params, "circles", inits=["default"], losses=["bce"], seeds=[0], lr=[0.1],
-                 normalize=["none"])  # fmt: skip
-    res = [r for r in train_study(p, "circles", small_root, show_progress=False)
-           if r.variant.reproduce]  # fmt: skip
+    p = narrowed(params, "circles", inits=["default"], losses=["bce"], seeds=[0], lr=[0.1], normalize=["none"])
+    res = [r for r in train_study(p, "circles", small_root, show_progress=False) if r.variant.reproduce]
     assert round(res[0].final["train_loss_last_step"], 4) == 0.0016
 
 
@@ -76,12 +66,24 @@ def test_seed_000_code_as_written_agrees():
 def test_stacked_models_equal_models_trained_alone(params, small_root):
     """Three models trained together give what each gives alone (shuffled minibatches, Adam,
     dropout; different inits, learning rates, losses (so heads) and input normalisations)."""
-    st = params.studies["circles"].train.model_copy(update={
-        "epochs": 5, "batch_size": 32, "shuffle": True, "model": params.studies["circles"].train.model.model_copy(
-            update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
-    group = [Variant("circles", i, loss, norm, lr, 3) for i, lr, loss, norm in (
-        ("default", 0.1, "bce_logits", "zscore"), ("xavier_normal", 0.01, "bce", "none"),
-        ("kaiming_uniform_in", 0.05, "bce_logits", "zscore"))]  # fmt: skip
+    st = params.studies["circles"].train.model_copy(
+        update={
+            "epochs": 5,
+            "batch_size": 32,
+            "shuffle": True,
+            "model": params.studies["circles"].train.model.model_copy(
+                update={"hidden": [8], "dropout": 0.2, "activation": "relu"}
+            ),
+        }
+    )
+    group = [
+        Variant("circles", i, loss, norm, lr, 3)
+        for i, lr, loss, norm in (
+            ("default", 0.1, "bce_logits", "zscore"),
+            ("xavier_normal", 0.01, "bce", "none"),
+            ("kaiming_uniform_in", 0.05, "bce_logits", "zscore"),
+        )
+    ]
     by_norm = {n: load_study_data("circles", n, small_root, "cpu", False) for n in ("none", "zscore")}
     together = train_group(st, group, params.studies["fashion_mnist"].inits, group_data(group, by_norm), 2)
     assert group_data(group, by_norm)["x_train"].dim() == 3  # one input per model
@@ -135,9 +137,15 @@ def test_dropout_masks_are_their_seeds_stream():
 
 def test_a_group_of_mixed_seeds_equals_its_models_alone(params, small_root):
     """Full-batch models of different seeds share a group; each keeps its own seed's dropout."""
-    st = params.studies["circles"].train.model_copy(update={
-        "epochs": 20, "batch_size": None, "model": params.studies["circles"].train.model.model_copy(
-            update={"hidden": [8], "dropout": 0.3, "activation": "relu"})})  # fmt: skip
+    st = params.studies["circles"].train.model_copy(
+        update={
+            "epochs": 20,
+            "batch_size": None,
+            "model": params.studies["circles"].train.model.model_copy(
+                update={"hidden": [8], "dropout": 0.3, "activation": "relu"}
+            ),
+        }
+    )
     group = [Variant("circles", "xavier_normal", "bce_logits", "none", 0.1, s) for s in (1, 2, 1)]
     data = load_study_data("circles", "none", small_root, "cpu", False)
     together = train_group(st, group, params.studies["fashion_mnist"].inits, data, 2)
@@ -166,8 +174,9 @@ def test_stacked_optimisers_match_torch(cls):
     mine = w.clone().requires_grad_()
     opt = (StackedSGD if cls == "sgd" else StackedAdam)([mine], lrs)
     refs = [w[m].clone().requires_grad_() for m in range(3)]
-    ref_opts = [(torch.optim.SGD if cls == "sgd" else torch.optim.Adam)([r], lr=float(lr))
-                for r, lr in zip(refs, lrs)]  # fmt: skip
+    ref_opts = [
+        (torch.optim.SGD if cls == "sgd" else torch.optim.Adam)([r], lr=float(lr)) for r, lr in zip(refs, lrs)
+    ]
     for step in range(20):
         g = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(step))
         mine.grad = g.clone()
@@ -190,16 +199,29 @@ def test_heavy_groups_split_across_threads_light_ones_stay_whole(params):
 
 def test_stacks_in_threads_equal_stacks_in_turn(params, small_root, monkeypatch):
     """Two stacks trained at once in two threads give what each gives trained alone."""
-    st = params.studies["circles"].train.model_copy(update={
-        "epochs": 4, "batch_size": 32, "shuffle": True, "model": params.studies["circles"].train.model.model_copy(
-            update={"hidden": [8], "dropout": 0.2, "activation": "relu"})})  # fmt: skip
-    group = [Variant("circles", i, loss, "none", lr, 3) for i, lr, loss in (
-        ("default", 0.1, "bce_logits"), ("xavier_normal", 0.01, "bce"),
-        ("kaiming_uniform_in", 0.05, "bce_logits"), ("xavier_uniform", 0.05, "bce"))]  # fmt: skip
+    st = params.studies["circles"].train.model_copy(
+        update={
+            "epochs": 4,
+            "batch_size": 32,
+            "shuffle": True,
+            "model": params.studies["circles"].train.model.model_copy(
+                update={"hidden": [8], "dropout": 0.2, "activation": "relu"}
+            ),
+        }
+    )
+    group = [
+        Variant("circles", i, loss, "none", lr, 3)
+        for i, lr, loss in (
+            ("default", 0.1, "bce_logits"),
+            ("xavier_normal", 0.01, "bce"),
+            ("kaiming_uniform_in", 0.05, "bce_logits"),
+            ("xavier_uniform", 0.05, "bce"),
+        )
+    ]
     data = load_study_data("circles", "none", small_root, "cpu", False)
-    monkeypatch.setattr(train_mod, "SMALL_STEP_FLOPS", 0.0)  # treat these tiny stacks as heavy
-    monkeypatch.setattr(train_mod, "MIN_SPLIT", 2)
-    monkeypatch.setattr(train_mod, "SPLIT_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(stacks_mod, "SMALL_STEP_FLOPS", 0.0)  # treat these tiny stacks as heavy
+    monkeypatch.setattr(stacks_mod, "MIN_SPLIT", 2)
+    monkeypatch.setattr(stacks_mod, "SPLIT_STEP_FLOPS", 0.0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
     stacks = stacks_for(st, group, data, 2)
     assert [len(s.group) for s in stacks] == [2, 2]
@@ -242,16 +264,27 @@ def test_a_failing_stack_stops_the_others(monkeypatch):
 def test_stacked_training_equals_a_plain_torch_loop(params):
     """Two models trained as one stack end where nn.Sequential + torch.optim.Adam + torch's own
     losses end, from the same initial weights on the same shuffled mini-batches."""
-    from initlab.config import StudyTrain
+    from initlab.params.schema import StudyTrain
 
-    st = StudyTrain(model={"hidden": [16, 8], "activation": "relu"}, optimizer="adam", lr=[0.01],
-                    batch_size=10, shuffle=True, epochs=3, seeds=[0], inits=["xavier_normal"],
-                    losses=["cross_entropy"], eval_train=False)  # fmt: skip
+    st = StudyTrain(
+        model={"hidden": [16, 8], "activation": "relu"},
+        optimizer="adam",
+        lr=[0.01],
+        batch_size=10,
+        shuffle=True,
+        epochs=3,
+        seeds=[0],
+        inits=["xavier_normal"],
+        losses=["cross_entropy"],
+        eval_train=False,
+    )
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(45, 5, generator=g), torch.randint(0, 3, (45,), generator=g)
     data = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
-    group = [Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
-             Variant("t", "kaiming_uniform_in", "mse", "none", 0.01, 3)]  # fmt: skip
+    group = [
+        Variant("t", "xavier_normal", "cross_entropy", "none", 0.01, 3),
+        Variant("t", "kaiming_uniform_in", "mse", "none", 0.01, 3),
+    ]
     results = train_group(st, group, params.studies["fashion_mnist"].inits, data, 3)
     for v, r in zip(group, results):
         start = StackedMLP(1, [5, 16, 8, 3], "relu", 0.0, False, "none")
@@ -281,38 +314,52 @@ def test_stacked_training_equals_a_plain_torch_loop(params):
 
 
 def test_cross_entropy_on_two_classes_is_a_params_error(params, small_root):
-    from initlab.config import ParamsError
+    from initlab.errors import ParamsError
 
     p = narrowed(params, "circles", losses=["cross_entropy"])
-    with pytest.raises(ParamsError, match="studies.circles.train.losses: cross_entropy is for 3 classes or more, "
-                                          "and circles's data has 2; allowed here: l1, mse, bce, bce_logits"):
+    with pytest.raises(
+        ParamsError,
+        match="studies.circles.train.losses: cross_entropy is for 3 classes or more, "
+        "and circles's data has 2; allowed here: l1, mse, bce, bce_logits",
+    ):
         train_study(p, "circles", small_root, show_progress=False)
 
 
 @pytest.mark.parametrize("loss", ["bce_logits", "bce"])
 def test_a_binary_loss_on_three_classes_is_a_params_error(params, tmp_path, loss):
-    from initlab import data
-    from initlab.config import ParamsError, Paths, StudyParams
+    from initlab.data.prepare import prepare
+    from initlab.data.raw import download
+    from initlab.data.splits import normalize_stats
+    from initlab.errors import ParamsError
+    from initlab.params.paths import Paths
+    from initlab.params.schema import StudyParams
 
     sp = params.study("circles").model_dump(exclude_unset=True)
-    sp["data"] = {"kind": "sklearn", "generator": "make_blobs", "args": {"n_samples": 60, "centers": 3,
-                                                                         "random_state": 0}}  # fmt: skip
+    sp["data"] = {
+        "kind": "sklearn",
+        "generator": "make_blobs",
+        "args": {"n_samples": 60, "centers": 3, "random_state": 0},
+    }
     sp["train"] = {**sp["train"], "losses": ["mse", loss], "reproduce": None}
     p = params.model_copy(update={"studies": {"blobs": StudyParams.model_validate(sp)}})
     paths = Paths(tmp_path)
-    data.download("blobs", p.study("blobs"), paths)
-    data.prepare("blobs", p.study("blobs"), paths)
-    data.normalize_stats("blobs", paths)
-    with pytest.raises(ParamsError, match=f"studies.blobs.train.losses: {loss} is for 2 classes, and blobs's "
-                                          "data has 3; allowed here: l1, mse, cross_entropy"):  # fmt: skip
+    download("blobs", p.study("blobs"), paths)
+    prepare("blobs", p.study("blobs"), paths)
+    normalize_stats("blobs", paths)
+    with pytest.raises(
+        ParamsError,
+        match=f"studies.blobs.train.losses: {loss} is for 2 classes, and blobs's "
+        "data has 3; allowed here: l1, mse, cross_entropy",
+    ):
         train_study(p, "blobs", paths, show_progress=False)
 
 
 def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(params, small_root, monkeypatch):
     import time
 
-    from initlab import train
-    from initlab.config import ModelSpec, ParamsError
+    from initlab.errors import ParamsError
+    from initlab.params.schema import ModelSpec
+    from initlab.training import loop as train
 
     sp = params.studies["line"]
     # 3 * 10**11 parameters a model: more memory than any machine has, so the real check refuses it

@@ -6,15 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.verify import ALPHA, compare, record, summary, variant_p
+from initlab.results.verify import ALPHA, compare, record, summary, variant_p
 
 AMD = {"cpu_vendor": "AuthenticAMD", "mkl_cbwr": "unset"}
 INTEL = {"cpu_vendor": "GenuineIntel", "mkl_cbwr": "unset"}
 
 
 def rec(platform: dict, **variants: list[float | None]) -> dict:
-    return {"platform": platform, "verdict": {},
-            "test_accuracy": {v: {str(i): a for i, a in enumerate(accs)} for v, accs in variants.items()}}  # fmt: skip
+    return {
+        "platform": platform,
+        "verdict": {},
+        "test_accuracy": {v: {str(i): a for i, a in enumerate(accs)} for v, accs in variants.items()},
+    }
 
 
 def study(platform, shift=0.0, noise=0.0, seed=0, n=5, **kw):
@@ -85,10 +88,21 @@ def test_the_summary_names_the_verdict_the_platforms_and_the_moved_verdicts():
 
 
 def test_record_holds_every_run_by_variant_and_seed_with_none_for_diverged():
-    df = pd.DataFrame({"variant": ["x", "x", "y", "y"], "seed": [0, 1, 0, 1], "test_accuracy": [0.5, 0.6, np.nan, np.nan],
-                       "diverged": [False, False, True, True], "init": ["i"] * 4, "loss": ["mse"] * 4,
-                       "normalize": ["none"] * 4, "lr": [0.1] * 4, "reproduce": [False] * 4, "run_name": list("abcd"),
-                       "val_accuracy": [0.5] * 4})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "variant": ["x", "x", "y", "y"],
+            "seed": [0, 1, 0, 1],
+            "test_accuracy": [0.5, 0.6, np.nan, np.nan],
+            "diverged": [False, False, True, True],
+            "init": ["i"] * 4,
+            "loss": ["mse"] * 4,
+            "normalize": ["none"] * 4,
+            "lr": [0.1] * 4,
+            "reproduce": [False] * 4,
+            "run_name": list("abcd"),
+            "val_accuracy": [0.5] * 4,
+        }
+    )
     r = record(df, AMD)
     assert r["platform"] == AMD and r["test_accuracy"] == {"x": {"0": 0.5, "1": 0.6}, "y": {"0": None, "1": None}}
     assert r["verdict"]["y"] == "diverged"

@@ -19,7 +19,7 @@ import sys
 # MKL (torch's GEMMs) is left alone. It takes vendor-specific code paths: AMD hosts with and
 # without AVX-512 agreed, an Intel host did not. Its reproducibility switch MKL_CBWR gives the
 # same bits as unset on AMD except for COMPATIBLE (slower, and other bits), and no setting was
-# shown to make Intel agree with AMD; `initlab bench` measures each branch, `initlab.machine`
+# shown to make Intel agree with AMD; `initlab bench` measures each branch, `initlab.core.machine`
 # records the platform and `initlab verify` bounds what a platform change moves (README).
 PINNED_KERNELS = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
@@ -50,4 +50,3 @@ def kernels() -> dict[str, object]:
 
     out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return out
-

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import typer
 
-from initlab.config import DataError, ParamsError, Paths, StoreError, load_params
+from initlab.errors import DataError, ParamsError, StoreError
+from initlab.params.load import load_params
+from initlab.params.paths import Paths
 
 app = typer.Typer(
     help="initlab: how weight initialisation, loss and input normalisation decide whether a "
@@ -30,8 +32,12 @@ LIBRARY_LOGGERS = ("mlflow", "sqlalchemy", "alembic", "urllib3", "git")
 _verbose = False
 
 
-VerboseOpt = typer.Option(False, "--verbose", "-v",
-                          help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.")
+VerboseOpt = typer.Option(
+    False,
+    "--verbose",
+    "-v",
+    help="Show the libraries' own logs (MLflow, SQLAlchemy) and an error's full traceback.",
+)
 
 
 @app.callback()
@@ -71,7 +77,7 @@ def stage(fn):
         except (DataError, StoreError) as exc:
             _fail(str(exc), 1)
         except OSError as exc:  # a write the OS refused outside a stage output (read-only, full disk)
-            from initlab.io import write_refused
+            from initlab.core.io import write_refused
 
             refused = write_refused(exc, Path(exc.filename or "."))
             if refused is None:
@@ -95,7 +101,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 
     Reads the folder INITLAB_DATA_MIRROR names instead of the network when it is set.
     """
-    from initlab.data import download as run
+    from initlab.data.raw import download as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -107,7 +113,7 @@ def download(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Split a study's raw data into seeded, stratified train / validation / test."""
-    from initlab.data import prepare as run
+    from initlab.data.prepare import prepare as run
 
     t0 = time.perf_counter()
     p = load_params(params)
@@ -123,7 +129,7 @@ def prepare(study: str = StudyArg, params: Path = ParamsOpt) -> None:
 @stage
 def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Normalisation statistics (scale, z-score mean/std) from the training split only."""
-    from initlab.data import normalize_stats
+    from initlab.data.splits import normalize_stats
 
     t0 = time.perf_counter()
     load_params(params).study(study)
@@ -154,9 +160,10 @@ def train(
     Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
     track` logs the runs).
     """
-    from initlab.io import atomic_path, check_writable, write_json
-    from initlab.signals import sigterm_raises
-    from initlab.train import save_results, train_study
+    from initlab.core.io import atomic_path, check_writable, write_json
+    from initlab.core.signals import sigterm_raises
+    from initlab.training.save import save_results
+    from initlab.training.study import train_study
 
     p = load_params(params)
     p.study(study)
@@ -169,18 +176,22 @@ def train(
         seconds = time.perf_counter() - t0
         with atomic_path(Paths().trained(study)) as out:
             save_results(results, out)
-        write_json(Paths().timing(f"train-{study}"), {
-            "models": len(results), "train_seconds": seconds,
-            "run_seconds": {r.variant.run_name: r.seconds for r in results}})  # fmt: skip
-    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}",
-               err=True)  # fmt: skip
+        write_json(
+            Paths().timing(f"train-{study}"),
+            {
+                "models": len(results),
+                "train_seconds": seconds,
+                "run_seconds": {r.variant.run_name: r.seconds for r in results},
+            },
+        )
+    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}", err=True)
 
 
 @app.command()
 @stage
 def evaluate(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     """Test every trained model of a study on its held-out test split; write DVC metrics."""
-    from initlab.evaluate import evaluate_study, write_evaluation
+    from initlab.results.evaluate import evaluate_study, write_evaluation
 
     t0 = time.perf_counter()
     load_params(params).study(study)
@@ -190,8 +201,9 @@ def evaluate(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     _done(f"evaluate {study}: {len(df)} runs -> {paths.metrics(study)}", t0)
 
 
-TrackStudies = typer.Argument(None, show_default=False,
-                              help="Studies to log (default: every study in params, as the DVC stage does).")
+TrackStudies = typer.Argument(
+    None, show_default=False, help="Studies to log (default: every study in params, as the DVC stage does)."
+)
 
 
 @app.command()
@@ -220,10 +232,11 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     evaluate@<study>`).
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
-    from initlab.io import write_json
-    from initlab.runs import trained_runs
-    from initlab.signals import sigterm_raises
-    from initlab.tracking import log_studies, tracking_uri
+    from initlab.core.io import write_json
+    from initlab.core.signals import sigterm_raises
+    from initlab.tracking.location import tracking_uri
+    from initlab.tracking.log import log_studies
+    from initlab.tracking.runs import trained_runs
 
     p = load_params(params)
     paths = Paths()
@@ -236,23 +249,38 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
         # the same file when the store holds the same runs
         write_json(paths.tracked, {"runs": out["runs"], "parents": out["parents"]})
         seconds = time.perf_counter() - t0
-        write_json(paths.timing("track"), {"mlflow_seconds": seconds, "tracking_uri": tracking_uri(),
-                                           **{k: out[k] for k in ("logged", "skipped", "orphans")}})  # fmt: skip
+        write_json(
+            paths.timing("track"),
+            {
+                "mlflow_seconds": seconds,
+                "tracking_uri": tracking_uri(),
+                **{k: out[k] for k in ("logged", "skipped", "orphans")},
+            },
+        )
     if out["deleted"]:
-        typer.echo(f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
-                   "(their runs are FINISHED now; `mlflow gc` purges them)", err=True)  # fmt: skip
+        typer.echo(
+            f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
+            "(their runs are FINISHED now; `mlflow gc` purges them)",
+            err=True,
+        )
     if out["orphans"]:
-        typer.echo(f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
-                   "their models were logged again", err=True)  # fmt: skip
-    typer.echo(f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
-               f"{seconds:.1f} s -> {tracking_uri()}", err=True)  # fmt: skip
+        typer.echo(
+            f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
+            "their models were logged again",
+            err=True,
+        )
+    typer.echo(
+        f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
+        f"{seconds:.1f} s -> {tracking_uri()}",
+        err=True,
+    )
 
 
 @app.command()
 @stage
 def report(params: Path = ParamsOpt) -> None:
     """Render reports/report.md and its figures from every study's metrics."""
-    from initlab.report import write_report
+    from initlab.report.render import write_report
 
     t0 = time.perf_counter()
     out = write_report(load_params(params), Paths())
@@ -260,14 +288,23 @@ def report(params: Path = ParamsOpt) -> None:
 
 
 BenchOut = typer.Option(Path("reports/bench.json"), help="Where to write the figures (JSON).")
-BenchPipeline = typer.Option(True, help="Also time a full `dvc repro` from clean in a temporary "
-                             "copy of the project, and a no-op one (minutes).")
+BenchPipeline = typer.Option(
+    True,
+    help="Also time a full `dvc repro` from clean in a temporary copy of the project, and a no-op one (minutes).",
+)
 BenchDevice = typer.Option("cpu", help="Device for initlab's trainer.")
-BenchScaling = typer.Option(False, "--scaling", help="Also time initlab per model as the stack (1-64 "
-                            "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
-                            "peak memory per model, each in a fresh process (about 2 minutes).")
-BenchRepeats = typer.Option(3, min=1, help="Time (a) and (b) this many times each, alternately; "
-                            "the fastest of each counts (all are in --out).")
+BenchScaling = typer.Option(
+    False,
+    "--scaling",
+    help="Also time initlab per model as the stack (1-64 "
+    "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
+    "peak memory per model, each in a fresh process (about 2 minutes).",
+)
+BenchRepeats = typer.Option(
+    3,
+    min=1,
+    help="Time (a) and (b) this many times each, alternately; the fastest of each counts (all are in --out).",
+)
 
 
 @app.command()
@@ -291,8 +328,9 @@ def bench(
 
     Needs the Fashion-MNIST stages done (`dvc repro prepare@fashion_mnist normalize@fashion_mnist`).
     """
-    from initlab.bench import run_bench, summary_lines
-    from initlab.io import write_json
+    from initlab.bench.measure import run_bench
+    from initlab.bench.summary import summary_lines
+    from initlab.core.io import write_json
 
     p = load_params(params)
     device = _check_device(device, "--device")
@@ -301,8 +339,16 @@ def bench(
         if not need.exists():
             raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
     root = Path.cwd()
-    result = run_bench(p, paths, root, pipeline, device,
-                       progress=lambda m: typer.echo(m, err=True), repeats=repeats, scaling=scaling)  # fmt: skip
+    result = run_bench(
+        p,
+        paths,
+        root,
+        pipeline,
+        device,
+        progress=lambda m: typer.echo(m, err=True),
+        repeats=repeats,
+        scaling=scaling,
+    )
     write_json(out, result)
     for line in summary_lines(result):
         typer.echo(line)
@@ -319,11 +365,11 @@ def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
 
     Compares every run's test accuracy (pipeline/metrics/<study>_runs.json) with the one committed
     at --against. On the platform the committed results came from they must be identical; on
-    another (CPU vendor, MKL path, kernel switches: `initlab.machine`) each variant must stay
+    another (CPU vendor, MKL path, kernel switches: `initlab.core.machine`) each variant must stay
     within its own seed spread (Welch t-test, Holm over variants, family-wise alpha 0.01). Exit 0:
     identical or within bound; 1: a regression, with the variants that moved and by how much.
     """
-    from initlab.verify import committed_records, compare, current_records, summary
+    from initlab.results.verify import committed_records, compare, current_records, summary
 
     studies = list(load_params(params).studies)
     paths = Paths()
@@ -337,41 +383,58 @@ def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
         raise typer.Exit(1)
 
 
-server_app = typer.Typer(help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
-                         "`make server` / `make server-stop`.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="A team's MLflow tracking server (basic-auth login) on a PostgreSQL store; "
+    "`make server` / `make server-stop`.",
+    no_args_is_help=True,
+)
 app.add_typer(server_app, name="server")
-ServerRoot = typer.Option(Path(".server"), "--root", help="Its folder: PostgreSQL's cluster, the artifacts, "
-                          "the log (git-ignored).")
+ServerRoot = typer.Option(
+    Path(".server"), "--root", help="Its folder: PostgreSQL's cluster, the artifacts, the log (git-ignored)."
+)
 ServerPort = typer.Option(5001, "--port", min=1, max=65535, help="The MLflow server's port on 127.0.0.1.")
-PgPort = typer.Option(54329, "--pg-port", min=1, max=65535, help="PostgreSQL's port (its socket's name; "
-                      "it listens on a Unix socket in --root only).")
+PgPort = typer.Option(
+    54329,
+    "--pg-port",
+    min=1,
+    max=65535,
+    help="PostgreSQL's port (its socket's name; it listens on a Unix socket in --root only).",
+)
 ServerWait = typer.Option(120, min=1, help="Seconds to wait for the server's /health.")
 
 
 @server_app.command("start")
 @stage
-def server_start(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
-                 timeout: float = ServerWait) -> None:
+def server_start(
+    root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort, timeout: float = ServerWait
+) -> None:
     """Start PostgreSQL and MLflow's server (basic-auth app, artifacts served) on 127.0.0.1.
 
     The login is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment (the
     first start makes that user the admin). Then: MLFLOW_TRACKING_URI=http://127.0.0.1:<port>
     dvc repro (or `initlab track`, or `dvc repro -f -s track` when the pipeline is up to date).
     """
-    from initlab.server import Server, start
+    from initlab.tracking.server import Server, start
 
     t0 = time.perf_counter()
     out = start(Server(root, port, pg_port), timeout)
-    _done(f"server: MLflow on {out['uri']} (pid {out['pid']}), runs in PostgreSQL ({root}/postgres), "
-          f"artifacts in {out['artifacts']}; use MLFLOW_TRACKING_URI={out['uri']}", t0)
+    _done(
+        f"server: MLflow on {out['uri']} (pid {out['pid']}), runs in PostgreSQL ({root}/postgres), "
+        f"artifacts in {out['artifacts']}; use MLFLOW_TRACKING_URI={out['uri']}",
+        t0,
+    )
 
 
 @server_app.command("stop")
 @stage
-def server_stop(root: Path = ServerRoot, port: int = ServerPort, pg_port: int = PgPort,
-                postgres: bool = typer.Option(True, help="Also stop PostgreSQL.")) -> None:  # fmt: skip
+def server_stop(
+    root: Path = ServerRoot,
+    port: int = ServerPort,
+    pg_port: int = PgPort,
+    postgres: bool = typer.Option(True, help="Also stop PostgreSQL."),
+) -> None:
     """Stop MLflow's server and PostgreSQL (their data stay in --root)."""
-    from initlab.server import Server, stop
+    from initlab.tracking.server import Server, stop
 
     stopped = stop(Server(root, port, pg_port), postgres)
     typer.echo(f"server: stopped {', '.join(stopped)}" if stopped else "server: nothing was running", err=True)

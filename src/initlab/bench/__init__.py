@@ -1,0 +1,1 @@
+"""``initlab bench``: how fast initlab trains, against what a PyTorch user would write."""

@@ -1,0 +1,1 @@
+"""Data for any study: sources, seeded splits, normalisation statistics."""

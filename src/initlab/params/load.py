@@ -1,0 +1,58 @@
+"""Reading ``params.yaml``: YAML refused on a duplicate key, then validated as ``Params``, any
+error as one line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+
+from initlab.errors import ParamsError
+from initlab.params.messages import first_error
+from initlab.params.schema import Params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping (DVC refuses such a file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise ``ParamsError`` with one line on anything bad."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder; pass a params file (--params params.yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
+    return validate_params(raw, path)
+
+
+def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
+    """``raw`` (params.yaml as read) as ``Params``; a ``ParamsError`` of one line naming the key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(first_error(exc).replace("params.yaml", str(path), 1).replace("\n", " ")) from None

@@ -1,0 +1,1 @@
+"""The markdown report: tables, figures and prose, from the files the stages wrote."""

@@ -1,0 +1,1 @@
+"""What training produced, judged: evaluation on the test split, statistics, verification."""
