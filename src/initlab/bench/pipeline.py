@@ -63,8 +63,8 @@ def time_pipeline(project: Path, env: dict[str, str], track_repeats: int = 3, pr
 
     MLflow's seconds are the median of ``track_repeats`` timings of the same ``initlab track``:
     the full repro's, then ``track_repeats - 1`` more onto new stores (each a new SQLite file,
-    as the repro's was). One ``track`` run moves by 10-25 % on this machine, and the share is a
-    target of its own; the median, unlike the fastest, does not favour it. Every time is kept.
+    as the repro's was). One ``track`` run moves a lot between repeats (bench.json keeps them all),
+    and the share is a target of its own; the median, unlike the fastest, does not favour it.
     """
     with tempfile.TemporaryDirectory(prefix="initlab-bench-") as tmp:
         root = Path(tmp) / "project"
