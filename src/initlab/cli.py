@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from initlab.errors import DataError, ParamsError, StoreError
+from initlab.errors import ClusterError, DataError, ParamsError, StoreError
 from initlab.params.load import load_params
 from initlab.params.paths import Paths
 
@@ -74,7 +74,7 @@ def stage(fn):
             return fn(*args, **kwargs)
         except ParamsError as exc:
             _fail(str(exc), 2)
-        except (DataError, StoreError) as exc:
+        except (DataError, StoreError, ClusterError) as exc:
             _fail(str(exc), 1)
         except OSError as exc:  # a write the OS refused outside a stage output (read-only, full disk)
             from initlab.core.io import write_refused
@@ -154,11 +154,26 @@ def train(
     study: str = StudyArg,
     params: Path = ParamsOpt,
     device: str = typer.Option(None, help="cpu or cuda; default: device in params."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        envvar="INITLAB_RAY_ADDRESS",
+        show_envvar=True,
+        help="Train the stacks as tasks on this Ray cluster: host:port of its head, or auto (started "
+        "here with `ray start --head`). Same bytes as a local run; not a DVC param. Default: local.",
+    ),
+    allow_mixed: bool = typer.Option(
+        False,
+        "--allow-mixed-platforms",
+        envvar="INITLAB_RAY_ALLOW_MIXED",
+        help="With --ray: accept tasks that ran on nodes of different platforms (other bits); "
+        "platform.json records each node's.",
+    ),
 ) -> None:
     """Train every variant (init x loss x normalisation x lr x seed) of a study.
 
     Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
-    track` logs the runs).
+    track` logs the runs). With --ray (docs/cluster.md) a Ray cluster trains, this process writes.
     """
     from initlab.core.io import atomic_path, check_writable, write_json
     from initlab.core.signals import sigterm_raises
@@ -170,12 +185,17 @@ def train(
     dev = _check_device(device, "--device") if device else _check_device(p.device, f"device: in {params}")
     for out in (Paths().trained(study), Paths().timing(f"train-{study}")):
         check_writable(out)
+    engine = None
+    if ray:  # Ray is imported only on this path
+        from initlab.training.cluster import RayEngine
+
+        engine = RayEngine(ray.strip(), allow_mixed)
     t0 = time.perf_counter()
     with sigterm_raises():
-        results = train_study(p, study, Paths(), dev)
+        results = train_study(p, study, Paths(), dev, engine=engine)
         seconds = time.perf_counter() - t0
         with atomic_path(Paths().trained(study)) as out:
-            save_results(results, out)
+            save_results(results, out, engine.platform if engine else None)
         write_json(
             Paths().timing(f"train-{study}"),
             {

@@ -15,3 +15,7 @@ class DataError(RuntimeError):
 
 class StoreError(RuntimeError):
     """The MLflow store cannot be used: the message is the one line the user sees."""
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot train the study: the message is the one line the user sees."""

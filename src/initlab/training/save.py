@@ -11,8 +11,9 @@ import torch
 from initlab.training.loop import Result
 
 
-def save_results(results: list[Result], out: Path) -> None:
-    """Weights (one state_dict per run), curves and a runs table, into the folder ``out``."""
+def save_results(results: list[Result], out: Path, platform: dict | None = None) -> None:
+    """Weights (one state_dict per run), curves and a runs table, into the folder ``out``; and
+    ``platform``, what computed them (default: this process's)."""
     import pandas as pd
 
     (out / "weights").mkdir(parents=True)
@@ -42,7 +43,7 @@ def save_results(results: list[Result], out: Path) -> None:
     from initlab.core.io import write_json
     from initlab.core.machine import platform_key
 
-    write_json(out / "platform.json", platform_key())  # what decided these bits
+    write_json(out / "platform.json", platform or platform_key())  # what decided these bits
     np.savez(out / "curves.npz", **curves)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(diagnostics).to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")

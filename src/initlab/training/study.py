@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +23,9 @@ from initlab.params.variants import Variant, variants
 from initlab.training.checks import check_fits_data, check_fits_memory
 from initlab.training.loop import Result, train_group
 from initlab.training.stacks import Stack, keep_freed_memory, run_stacks, stacks_for
+
+if TYPE_CHECKING:
+    from initlab.training.cluster import RayEngine
 
 STACKED_INPUT_BYTES = 64 << 20
 
@@ -66,9 +70,17 @@ def load_study_data(study: str, normalize: str, paths: Paths, device: str, all_d
 
 
 def train_study(
-    params: Params, study: str, paths: Paths, device: str = "cpu", show_progress: bool | None = None
+    params: Params,
+    study: str,
+    paths: Paths,
+    device: str = "cpu",
+    show_progress: bool | None = None,
+    engine: RayEngine | None = None,
 ) -> list[Result]:
-    """Train every variant of ``study``; returns results in ``variants()`` order."""
+    """Train every variant of ``study``; returns results in ``variants()`` order.
+
+    With ``engine``, the stacks run as tasks on its Ray cluster (``initlab.training.cluster``),
+    with the same bits; the platform they ran on is left in ``engine.platform``."""
     from initlab.core.io import read_json
     from initlab.data.splits import shuffled_split
 
@@ -79,15 +91,17 @@ def train_study(
     n_train = summary["sizes"]["train"]
     vs = variants(params, study)
     check_fits_data(study, st, vs, n_classes, n_train)
-    cache: dict[tuple, dict] = {("none", False): load_study_data(study, "none", paths, device, False)}
+    data_device = "cpu" if engine is not None else device  # a driver needs no GPU
+    cache: dict[tuple, dict] = {("none", False): load_study_data(study, "none", paths, data_device, False)}
     input_bytes = 4 * cache["none", False]["x_train"].numel() * len(vs)
     groups: dict[tuple, list[Variant]] = defaultdict(list)
     for v in sorted(vs, key=lambda v: v.lr):  # equal learning rates adjacent: one optimiser block
         groups[group_key(v, st, n_train, input_bytes)].append(v)
-    check_fits_memory(
-        study, st, list(groups.values()), cache["none", False]["x_train"].shape[-1], n_classes, device
-    )
-    keep_freed_memory()
+    if engine is None:  # a cluster's nodes have their own memory (Ray reports a task it kills)
+        check_fits_memory(
+            study, st, list(groups.values()), cache["none", False]["x_train"].shape[-1], n_classes, device
+        )
+        keep_freed_memory()
     total = sum(len(g) * st.epochs for g in groups.values())  # model-epochs
     stacks = []
     for group in groups.values():
@@ -98,15 +112,25 @@ def train_study(
         for v in group:
             norm = "none" if v.normalize == "batchnorm" else v.normalize
             if shuffled:  # seed 001's split, its own for each seed (a group is one seed)
-                by_norm[norm] = shuffled_split(study, norm, paths, v0.seed, sp.split.val_fraction, device)
+                by_norm[norm] = shuffled_split(study, norm, paths, v0.seed, sp.split.val_fraction, data_device)
                 continue
             dkey = (norm, all_data)
             if dkey not in cache:
-                cache[dkey] = load_study_data(study, norm, paths, device, all_data)
+                cache[dkey] = load_study_data(study, norm, paths, data_device, all_data)
             by_norm[norm] = cache[dkey]
         stacks += stacks_for(st, group, group_data(group, by_norm), n_classes, device)
     results: dict[Variant, Result] = {}
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
+    if engine is not None:
+        from initlab.training.cluster import run_on_ray
+
+        with tqdm(total=len(stacks), desc=f"train {study} on ray", unit="stack", disable=disable) as bar:
+            outs, engine.platform = run_on_ray(
+                engine, stacks, st, sp.inits, n_classes, device, lambda k, s: bar.update()
+            )
+        for out in outs:
+            results.update((r.variant, r) for r in out)
+        return [results[v] for v in vs]
     with tqdm(total=total, desc=f"train {study}", unit="model-epoch", disable=disable) as bar:
 
         def train_stack(s: Stack, stop: threading.Event | None) -> list[Result]:
