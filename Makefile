@@ -4,7 +4,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup lock repro verify test test-fast lint ui clean postgres server server-stop
+.PHONY: setup lock repro verify test test-fast lint ui clean postgres server server-stop cluster cluster-stop
 
 # The environment is locked: requirements.lock pins every package (torch's CUDA wheels included) with
 # its SHA-256, for Linux x86_64 and Python 3.11. pyproject.toml keeps the ranges; `make lock` is the
@@ -62,6 +62,21 @@ server: setup postgres  ## start PostgreSQL and the MLflow server; then MLFLOW_T
 
 server-stop: setup      ## stop both (their data stay in .server/)
 	initlab server stop
+
+# A Ray cluster on this machine, to try `initlab train --ray` (docs/cluster.md): a head that runs
+# no tasks and WORKERS worker nodes of one CPU each, with Ray's token authentication. Then:
+#   export RAY_AUTH_MODE=token INITLAB_RAY_ADDRESS=auto && dvc repro
+WORKERS ?= 2
+RAY_PORT ?= 6379
+RAY := RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 ray
+cluster: setup          ## start a local Ray cluster (head + WORKERS=2 nodes of 1 CPU); then INITLAB_RAY_ADDRESS=auto
+	$(RAY) start --head --num-cpus 0 --port $(RAY_PORT) --include-dashboard=false --disable-usage-stats
+	for i in $$(seq $(WORKERS)); do $(RAY) start --address 127.0.0.1:$(RAY_PORT) --num-cpus 1 || exit 1; done
+	$(RAY) status --address 127.0.0.1:$(RAY_PORT)
+	@echo "export RAY_AUTH_MODE=token INITLAB_RAY_ADDRESS=auto   # then: dvc repro, or initlab train <study>"
+
+cluster-stop: setup     ## stop every Ray node of this machine
+	$(RAY) stop
 
 clean:                  ## remove every stage output but the committed metrics, and the MLflow store
 	git clean -fdXq pipeline

@@ -320,6 +320,12 @@ BenchScaling = typer.Option(
     "models), the width (256, 1024) and the depth (3, 10, 30 layers) grow, with "
     "peak memory per model, each in a fresh process (about 2 minutes).",
 )
+BenchRay = typer.Option(
+    False,
+    "--ray",
+    help="Only measure Ray's overhead against a local run, on a local cluster of this machine's cores "
+    "(a few minutes; docs/cluster.md), and update the `ray` section of --out, keeping the rest.",
+)
 BenchRepeats = typer.Option(
     3,
     min=1,
@@ -336,6 +342,7 @@ def bench(
     device: str = BenchDevice,
     repeats: int = BenchRepeats,
     scaling: bool = BenchScaling,
+    ray: bool = BenchRay,
 ) -> None:
     """Measure, in one run: seed 001's training loop per model, initlab's trainer per model on
     the same setup (with and without its per-layer diagnostics), the peers a PyTorch user would
@@ -358,6 +365,25 @@ def bench(
     for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
         if not need.exists():
             raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
+    from initlab.bench.cluster import STUDIES
+    from initlab.core.io import read_json
+
+    for need in [paths.norm_stats(s) for s in STUDIES] if ray else []:
+        if not need.exists():
+            raise ParamsError(
+                f"{need} missing; run `dvc repro {' '.join(f'normalize@{s}' for s in STUDIES)}` first"
+            )
+    kept = read_json(out) if out.exists() else {}  # --ray's figures stay when the rest is measured
+    if ray:
+        from initlab.bench.cluster import measure_ray, ray_lines
+
+        result = kept
+        result["ray"] = measure_ray(p, paths, progress=lambda m: typer.echo(m, err=True))
+        write_json(out, result)
+        for line in ray_lines(result):
+            typer.echo(line)
+        typer.echo(f"figures: {out}")
+        return
     root = Path.cwd()
     result = run_bench(
         p,
@@ -369,6 +395,8 @@ def bench(
         repeats=repeats,
         scaling=scaling,
     )
+    if "ray" in kept:
+        result["ray"] = kept["ray"]
     write_json(out, result)
     for line in summary_lines(result):
         typer.echo(line)

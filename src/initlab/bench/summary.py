@@ -103,4 +103,7 @@ def summary_lines(r: dict) -> list[str]:
             f"{100 * p['mlflow_share_of_training']:.1f}% of {p['train_seconds']:.0f} s training"
             "   (target <= 15% and <= 20 s)",
         ]
+    from initlab.bench.cluster import ray_lines
+
+    lines += ray_lines(r)
     return lines

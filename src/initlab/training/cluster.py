@@ -22,9 +22,10 @@ import os
 import signal
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ class RayEngine:
     max_retries: int = MAX_RETRIES
     on_stack: Callable[[int, int], None] | None = None  # (stacks done, total) after each one
     platform: dict | None = None  # after a run: the platform its tasks ran on (platform.json)
+    stacks: list[dict] = field(default_factory=list)  # after a run: each stack's node and seconds
 
 
 def worker_env() -> dict[str, str]:
@@ -96,18 +98,28 @@ def check_reachable(address: str, timeout_s: float) -> None:
 def connect(engine: RayEngine, device: str) -> None:
     """Join the cluster as its driver, with the kernel pins in every worker's environment."""
     import ray
+    from ray.exceptions import RayError
 
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # its retries are not the user's one line
     address = head_address(engine.address)
     check_reachable(address, engine.connect_timeout_s)
     if ray.is_initialized():
         ray.shutdown()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    ray.init(
-        address=engine.address if engine.address.startswith("ray://") else address,
-        runtime_env={"env_vars": worker_env()},
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    try:
+        ray.init(
+            address=engine.address if engine.address.startswith("ray://") else address,
+            runtime_env={"env_vars": worker_env()},
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    except (ConnectionError, RayError) as exc:  # a refused token among them
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise ClusterError(
+            f"could not join the Ray cluster at {address}: {reason}. A cluster with token "
+            "authentication (Ray's default) needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token "
+            "or RAY_AUTH_TOKEN) here too: docs/cluster.md"
+        ) from None
     for s, h in handlers.items():  # Ray's own SIGTERM handler would exit without cancelling tasks
         if h is not None and threading.current_thread() is threading.main_thread():
             signal.signal(s, h)
@@ -133,8 +145,10 @@ def train_task(st, group, inits, keys: list[str], n_classes: int, device: str, *
     with warnings.catch_warnings():  # the object store's arrays are read-only; training never writes inputs
         warnings.simplefilter("ignore", UserWarning)
         tensors = {k: torch.from_numpy(v) for k, v in zip(keys, arrays, strict=True)}
+    t0 = time.perf_counter()
     results = train_group(st, group, inits, tensors, n_classes, "cuda" if device.startswith("cuda") else device)
     return {
+        "seconds": time.perf_counter() - t0,
         "node": f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}",
         "platform": platform_key(),
         "results": [pack(r) for r in results],
@@ -207,8 +221,6 @@ def run_on_ray(
     """Train every stack as a Ray task; returns each stack's results, in order, and the platform
     they ran on. ``on_done(k, stack)`` follows each finished stack (progress). A task that raises
     fails the stage in one line naming its stack; Ctrl-C or SIGTERM cancels every task."""
-    import time
-
     import ray
 
     connect(engine, device)
@@ -219,15 +231,14 @@ def run_on_ray(
             options["num_gpus"] = GPUS_PER_TASK
         task = ray.remote(**options)(train_task)
         refs: dict[int, ray.ObjectRef] = {}  # each input tensor into the object store once
-        started = {}
         for k, s in enumerate(stacks):
             for t in s.data.values():
                 if id(t) not in refs:
                     refs[id(t)] = ray.put(t.cpu().numpy())
             arrays = [refs[id(t)] for t in s.data.values()]  # top-level refs: Ray resolves them
             ref = task.remote(st, s.group, inits, list(s.data), n_classes, device, *arrays)
-            pending[ref], started[ref] = k, time.perf_counter()
-        return _collect(engine, stacks, pending, started, on_done)
+            pending[ref] = k
+        return _collect(engine, stacks, pending, on_done)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -236,9 +247,7 @@ def run_on_ray(
         ray.shutdown()
 
 
-def _collect(engine, stacks, pending, started, on_done):
-    import time
-
+def _collect(engine, stacks, pending, on_done):
     import ray
     from ray.exceptions import RayTaskError
 
@@ -257,7 +266,10 @@ def _collect(engine, stacks, pending, started, on_done):
                 f"stack {k + 1} of {len(stacks)} ({len(g)} models, {g[0].run_name} .. {g[-1].run_name}) "
                 f"failed on the cluster: {last}"
             ) from None
-        seconds = (time.perf_counter() - started[ref]) / len(stacks[k].group)
+        seconds = got["seconds"] / len(stacks[k].group)  # as a local run: the stack's time per model
+        engine.stacks.append(
+            {"stack": k, "models": len(stacks[k].group), "node": got["node"], "seconds": got["seconds"]}
+        )
         seen.setdefault(got["node"], got["platform"])
         if len({tuple(sorted(p.items())) for p in seen.values()}) > 1 and not engine.allow_mixed:
             platforms_agree(seen, engine)  # raises: the stage stops now, not after every stack
