@@ -231,7 +231,8 @@ def run_on_ray(
             options["num_gpus"] = GPUS_PER_TASK
         task = ray.remote(**options)(train_task)
         refs: dict[int, ray.ObjectRef] = {}  # each input tensor into the object store once
-        for k, s in enumerate(stacks):
+        for k in sorted(range(len(stacks)), key=lambda k: -stacks[k].cost):  # longest first
+            s = stacks[k]
             for t in s.data.values():
                 if id(t) not in refs:
                     refs[id(t)] = ray.put(t.cpu().numpy())
@@ -249,7 +250,7 @@ def run_on_ray(
 
 def _collect(engine, stacks, pending, on_done):
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     out: list = [None] * len(stacks)
     seen: dict[str, dict] = {}
@@ -259,8 +260,13 @@ def _collect(engine, stacks, pending, on_done):
         k = pending.pop(ref)
         try:
             got = ray.get(ref)
-        except RayTaskError as exc:
-            last = str(exc.cause if exc.cause is not None else exc).strip().splitlines()[-1]
+        except RayError as exc:  # the task raised, or its worker died more often than it is retried
+            if isinstance(exc, RayTaskError):
+                last = str(exc.cause if exc.cause is not None else exc).strip().splitlines()[-1]
+            else:
+                last = (
+                    f"{type(exc).__name__} after {engine.max_retries} retries: {str(exc).strip().splitlines()[0]}"
+                )
             g = stacks[k].group
             raise ClusterError(
                 f"stack {k + 1} of {len(stacks)} ({len(g)} models, {g[0].run_name} .. {g[-1].run_name}) "
