@@ -125,7 +125,6 @@ def test_a_function_added_to_the_registry_is_a_valid_initialiser_in_params(monke
     from initlab.params.schema import InitSpec, StudyParams
 
     study = {
-        "title": "t",
         "data": {"kind": "line"},
         "split": {},
         "inits": {"mine": {"name": "half"}},

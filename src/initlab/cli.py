@@ -276,14 +276,21 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     )
 
 
+WordsOpt = typer.Option(
+    Path("report.yaml"), "--words", help="The report's words: each study's title, question and sources' figures."
+)
+
+
 @app.command()
 @stage
-def report(params: Path = ParamsOpt) -> None:
+def report(params: Path = ParamsOpt, words: Path = WordsOpt) -> None:
     """Render reports/report.md and its figures from every study's metrics."""
+    from initlab.params.words import load_words
     from initlab.report.render import write_report
 
     t0 = time.perf_counter()
-    out = write_report(load_params(params), Paths())
+    p = load_params(params)
+    out = write_report(p, load_words(words, list(p.studies)), Paths())
     _done(f"report: {out}", t0)
 
 
