@@ -45,6 +45,12 @@ def with_change(path: str, value):
     return p
 
 
+def line_cut(**train) -> dict:
+    """params.yaml with line's grid cut to ``train`` (default: one BCE model of seed 0, 2 epochs)."""
+    cut = {"inits": ["default"], "losses": ["bce"], "seeds": [0], "epochs": 2, **train}
+    return with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], **cut})
+
+
 BAD = [
     ("studies.line.train.inits", ["no_such_init"], "no_such_init"),
     ("studies.line.train.losses", ["hinge"], "unknown loss 'hinge'"),
@@ -200,16 +206,7 @@ def changes(before: dict, after: dict) -> list[str]:
 def project_with_store(tmp_path_factory):
     """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
     root = tmp_path_factory.mktemp("with_store")
-    p = with_change(
-        "studies.line.train",
-        {
-            **REPO_PARAMS["studies"]["line"]["train"],
-            "inits": ["default"],
-            "losses": ["bce"],
-            "seeds": [0],
-            "epochs": 2,
-        },
-    )
+    p = line_cut()
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.MonkeyPatch.context() as mp:
@@ -362,16 +359,7 @@ def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypat
 def evaluated_line(tmp_path_factory):
     """line, cut to 3 models, through download ... evaluate (no MLflow)."""
     root = tmp_path_factory.mktemp("evaluated")
-    p = with_change(
-        "studies.line.train",
-        {
-            **REPO_PARAMS["studies"]["line"]["train"],
-            "inits": ["default"],
-            "losses": ["bce"],
-            "seeds": [0],
-            "epochs": 2,
-        },
-    )
+    p = line_cut()
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     shutil.copy(REPO_WORDS, root / "report.yaml")
     with pytest.MonkeyPatch.context() as mp:
