@@ -16,9 +16,8 @@ from initlab.params.paths import Paths
 from initlab.params.schema import Params, StudyParams
 from initlab.params.sources import TorchvisionSource
 from initlab.params.words import ReportWords, StudyWords
+from initlab.report.boundaries import fig_boundaries, fig_decision_boundary
 from initlab.report.figures import (
-    fig_boundaries,
-    fig_decision_boundary,
     fig_first_batches,
     fig_init_histograms,
     fig_layers,
