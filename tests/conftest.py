@@ -1,8 +1,12 @@
-"""Shared fixtures: the offline data mirror and a project root in a temporary folder."""
+"""Shared fixtures: the offline data mirror and a project root in a temporary folder; a probe of
+what a fresh process sees."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,17 @@ def small_root(tmp_path_factory, params):
         prepare(study, params.study(study), paths)
         normalize_stats(study, paths)
     return paths
+
+
+def fresh_process_json(code: str, unset: tuple[str, ...], **env: str) -> dict:
+    """The JSON that ``code`` prints, run by a fresh Python with the package on its path, this
+    process's environment less ``unset`` and plus ``env`` (what a new process decides at import)."""
+    base = {k: v for k, v in os.environ.items() if k not in unset}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)

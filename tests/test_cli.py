@@ -18,6 +18,7 @@ from initlab.params.load import load_params
 
 runner = CliRunner()
 REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/", 2)[0] + "/params.yaml"))
+REPO_WORDS = __file__.rsplit("/", 2)[0] + "/report.yaml"
 
 
 def test_the_cli_has_one_command_per_dvc_stage_the_bench_verify_and_the_server():
@@ -42,6 +43,12 @@ def with_change(path: str, value):
     else:
         node[last] = value
     return p
+
+
+def line_cut(**train) -> dict:
+    """params.yaml with line's grid cut to ``train`` (default: one BCE model of seed 0, 2 epochs)."""
+    cut = {"inits": ["default"], "losses": ["bce"], "seeds": [0], "epochs": 2, **train}
+    return with_change("studies.line.train", {**REPO_PARAMS["studies"]["line"]["train"], **cut})
 
 
 BAD = [
@@ -100,6 +107,7 @@ BAD = [
     ("studies.line.train.lr", [True], "studies.line.train.lr.0 = True: Input should be a valid number"),
     ("studies.line.split.seed", -1, "studies.line.split.seed = -1: Input should be greater than or equal to 0"),
     ("studies.line.data.start", 3.0, "studies.line.data.start = 3 is not below stop = 2; allowed: start < stop"),
+    ("studies.line.title", "Line", "unknown key studies.line.title"),  # the report's words: report.yaml
 ]
 
 
@@ -112,6 +120,44 @@ def test_bad_params_name_the_key_and_what_is_allowed(tmp_path, key, value, messa
     text = str(err.value)
     assert "\n" not in text and message in text
     assert key.split(".")[0] in text
+
+
+BAD_WORDS = [
+    (
+        "studies.line.compare.0.digits",
+        -1,
+        "studies.line.compare.0.digits = -1: Input should be greater than or equal to 0",
+    ),
+    (
+        "studies.circles.compare.0.show",
+        "pct",
+        "studies.circles.compare.0.show = 'pct': Input should be 'mean', 'mean_std', 'percent' or 'rank'",
+    ),
+    ("studies.line.compare.0.seed", "000", "unknown key studies.line.compare.0.seed"),
+    ("studies.depth.title", KeyError, "missing key studies.depth.title"),
+    ("studies.depth", KeyError, "missing key studies.depth; every study of params.yaml needs its title here"),
+    ("studies.line.title", 5, "studies.line.title = 5: Input should be a valid string"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_WORDS, ids=[b[0] for b in BAD_WORDS])
+def test_bad_report_words_stop_the_report_with_exit_2_and_one_line(tmp_path, monkeypatch, key, value, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(REPO_PARAMS))
+    words = yaml.safe_load(open(REPO_WORDS))
+    *parents, last = key.split(".")
+    node = words
+    for k in parents:
+        node = node[int(k) if isinstance(node, list) else k]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    (tmp_path / "report.yaml").write_text(yaml.safe_dump(words))
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"initlab: error: report.yaml: {message}") and result.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "report.yaml"]  # no reports/
 
 
 def test_the_report_names_the_profile_its_numbers_come_from(tmp_path):
@@ -160,16 +206,7 @@ def changes(before: dict, after: dict) -> list[str]:
 def project_with_store(tmp_path_factory):
     """A project in which `line` went through every stage: mlflow.db with FINISHED runs, pipeline/."""
     root = tmp_path_factory.mktemp("with_store")
-    p = with_change(
-        "studies.line.train",
-        {
-            **REPO_PARAMS["studies"]["line"]["train"],
-            "inits": ["default"],
-            "losses": ["bce"],
-            "seeds": [0],
-            "epochs": 2,
-        },
-    )
+    p = line_cut()
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.MonkeyPatch.context() as mp:
@@ -322,17 +359,9 @@ def test_a_threshold_that_leaves_one_class_is_a_params_error(tmp_path, monkeypat
 def evaluated_line(tmp_path_factory):
     """line, cut to 3 models, through download ... evaluate (no MLflow)."""
     root = tmp_path_factory.mktemp("evaluated")
-    p = with_change(
-        "studies.line.train",
-        {
-            **REPO_PARAMS["studies"]["line"]["train"],
-            "inits": ["default"],
-            "losses": ["bce"],
-            "seeds": [0],
-            "epochs": 2,
-        },
-    )
+    p = line_cut()
     (root / "params.yaml").write_text(yaml.safe_dump(p))
+    shutil.copy(REPO_WORDS, root / "report.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for stage in ("download", "prepare", "normalize", "train", "evaluate"):

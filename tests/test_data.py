@@ -123,7 +123,6 @@ def test_a_table_study_needs_its_files_hash_and_numeric_features(tmp_path, monke
     def study(**data) -> StudyParams:
         return StudyParams.model_validate(
             {
-                "title": "t",
                 "data": {"kind": "table", "path": "t.csv", "target": "y", **data},
                 "split": {},
                 "inits": {"z": {"name": "zeros"}},
@@ -175,7 +174,6 @@ def _table_study(**data):
 
     return StudyParams.model_validate(
         {
-            "title": "t",
             "data": {"kind": "table", "path": "t.csv", "target": "y", **data},
             "split": {},
             "inits": {"z": {"name": "zeros"}},

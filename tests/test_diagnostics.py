@@ -60,8 +60,11 @@ def test_stats_match_a_standalone_module(activation):
 
 
 def test_probing_changes_no_training_and_reports_each_point():
-    """A model trains bit for bit the same with diagnostics at many steps as with none; the rows
-    hold init, each asked step and the end, and update ratios are the step's ||dW|| / ||W||."""
+    """A model trains bit for bit the same with diagnostics at many steps as with none, or with
+    the bench's probe that takes none; the rows hold init, each asked step and the end, and
+    update ratios are the step's ||dW|| / ||W||."""
+    from initlab.bench.loops import NoProbe
+
     base = dict(
         model={"hidden": [16, 8], "activation": "relu", "dropout": 0.2},
         optimizer="adam",
@@ -86,10 +89,14 @@ def test_probing_changes_no_training_and_reports_each_point():
     ]
     many = train_group(StudyTrain(**base, diagnostics={"at_steps": [0, 1, 5, 7, 200]}), group, inits, data, 3)
     few = train_group(StudyTrain(**base, diagnostics={"at_steps": []}), group, inits, data, 3)
-    for a, b in zip(many, few):
-        pairs = zip(a.module.state_dict().values(), b.module.state_dict().values())
-        assert all(torch.equal(p, q) for p, q in pairs)
-        assert (a.step_loss == b.step_loss).all()
+    st = StudyTrain(**base, diagnostics={"at_steps": [0, 1, 5, 7, 200]})
+    unprobed = train_group(st, group, inits, data, 3, make_probe=NoProbe)
+    for a, b, c in zip(many, few, unprobed):
+        for other in (b, c):
+            pairs = zip(a.module.state_dict().values(), other.module.state_dict().values())
+            assert all(torch.equal(p, q) for p, q in pairs)
+            assert (a.step_loss == other.step_loss).all()
+        assert c.diagnostics == []
     rows = many[0].diagnostics
     assert [(r["point"], r["step"]) for r in rows[::3]] == [
         ("init", 0),

@@ -21,6 +21,7 @@ from conftest import MIRROR, REPO
 
 BASELINE = REPO / "tests" / "ci" / "baseline_runs.json"  # every run's test accuracy, and its platform
 CI_PARAMS = REPO / "tests" / "ci" / "params.yaml"
+CI_WORDS = REPO / "tests" / "ci" / "report.yaml"
 N_STAGES = 5 * len(yaml.safe_load(CI_PARAMS.read_text())["studies"]) + 2
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,7 @@ def project(tmp_path_factory):
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, work / name)
     shutil.copy(CI_PARAMS, work / "params.yaml")
+    shutil.copy(CI_WORDS, work / "report.yaml")
     env = {
         **os.environ,
         "INITLAB_DATA_MIRROR": str(MIRROR),
@@ -283,9 +285,10 @@ def test_bench_refuses_a_subset_with_one_line(project):
     assert not (work / "b.json").exists()
 
 
-def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
-    """make_moons (a scikit-learn generator) and a CSV file, added to params.yaml and nothing
-    else, go through every stage; no stage of another study re-runs."""
+def test_a_new_study_is_params_and_a_title_and_leaves_the_others_up_to_date(project):
+    """make_moons (a scikit-learn generator) and a CSV file, added to params.yaml (and their
+    titles to report.yaml) and nothing else, go through every stage; no stage of another study
+    re-runs."""
     work, env, _ = project
     rng = np.random.default_rng(0)
     x = rng.normal(size=(240, 3))
@@ -305,8 +308,6 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
     }
     inits = {"xavier_uniform": {"name": "xavier_uniform"}, "zeros": {"name": "zeros"}}
     p["studies"]["moons"] = {
-        "title": "Moons",
-        "question": "Does a tanh MLP separate the moons?",
         "data": {
             "kind": "sklearn",
             "generator": "make_moons",
@@ -317,13 +318,16 @@ def test_a_new_study_is_params_alone_and_leaves_the_others_up_to_date(project):
         "inits": inits,
     }
     p["studies"]["mine"] = {
-        "title": "My table",
         "data": {"kind": "table", "path": "mine.csv", "target": "label"},
         "split": {"seed": 1},
         "train": train,
         "inits": inits,
     }
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    words = yaml.safe_load((work / "report.yaml").read_text())
+    words["studies"]["moons"] = {"title": "Moons", "question": "Does a tanh MLP separate the moons?"}
+    words["studies"]["mine"] = {"title": "My table"}
+    (work / "report.yaml").write_text(yaml.safe_dump(words, sort_keys=False, allow_unicode=True))
     refused = subprocess.run(["dvc", "repro", "download@mine"], cwd=work, env=env, capture_output=True, text=True)
     digest = hashlib.sha256((work / "mine.csv").read_bytes()).hexdigest()
     assert refused.returncode != 0 and f"set it to {digest}" in refused.stdout + refused.stderr

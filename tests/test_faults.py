@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from initlab.cli import app
-from test_cli import REPO_PARAMS, changes, store_rows, with_change
+from test_cli import changes, line_cut, store_rows
 
 runner = CliRunner()
 
@@ -29,14 +29,7 @@ runner = CliRunner()
 def project(tmp_path_factory):
     """line cut to 8 models (2 variants of 3 seeds, 2 reproductions) through every stage and track."""
     root = tmp_path_factory.mktemp("faults")
-    train = {
-        **REPO_PARAMS["studies"]["line"]["train"],
-        "inits": ["default", "zeros"],
-        "losses": ["bce"],
-        "seeds": [0, 1, 2],
-        "epochs": 2,
-    }
-    p = with_change("studies.line.train", train)
+    p = line_cut(inits=["default", "zeros"], seeds=[0, 1, 2])
     p["studies"] = {"line": p["studies"]["line"]}
     p["tracking"]["log_models"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(p))

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from conftest import MIRROR, REPO
+from conftest import MIRROR, fresh_process_json
 
 PROBE = "import json, initlab; print(json.dumps(initlab.kernels()))"
 
 
 def probe(**env: str) -> dict:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY")
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
-        capture_output=True,
-        text=True,
-        check=True,
+    return fresh_process_json(
+        PROBE, ("INITLAB_NATIVE_KERNELS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY"), **env
     )
-    return json.loads(out.stdout)
 
 
 def test_importing_initlab_pins_numpy_and_torch_to_their_avx2_kernels():

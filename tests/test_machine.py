@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import fresh_process_json
 
 PROBE = (
     "import json, initlab.core.machine as m; "
@@ -16,15 +13,7 @@ PROBE = (
 
 
 def probe(**env: str) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "INITLAB_NATIVE_KERNELS")}
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**base, **env, "PYTHONPATH": str(REPO / "src")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
+    return fresh_process_json(PROBE, ("MKL_CBWR", "INITLAB_NATIVE_KERNELS"), **env)
 
 
 def test_the_key_names_vendor_vector_units_mkl_branch_kernels_and_versions():

@@ -53,6 +53,7 @@ def test_queued_experiments_in_two_workers_log_every_run_once_to_the_project_sto
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, work / name)
+    shutil.copy(REPO / "tests" / "ci" / "report.yaml", work / "report.yaml")
     ci = yaml.safe_load((REPO / "tests" / "ci" / "params.yaml").read_text())
     ci["studies"] = {k: ci["studies"][k] for k in ("line",)}  # the queue is what is tested
     (work / "params.yaml").write_text(yaml.safe_dump(ci, sort_keys=False))

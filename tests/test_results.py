@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from initlab.core.io import read_json
+from initlab.params.words import load_words
 from initlab.report.render import render
 from initlab.results.evaluate import evaluate_study, summarise, write_evaluation
 from initlab.training.save import save_results
@@ -57,7 +59,7 @@ def line_results(small_root, params):
 
 def test_report_shows_the_seed_figure_beside_ours_and_each_variant_once_with_its_verdict(line_results):
     p, paths = line_results
-    text = render(p, paths, studies=("line",))
+    text = render(p, load_words(REPO / "report.yaml", list(p.studies)), paths, studies=("line",))
     df = pd.read_csv(paths.evaluated("line"))
     mse = df[df["reproduce"] & (df["loss"] == "mse")]["train_accuracy"].mean()
     assert f"| 0.575 | {mse:.3f} |" in text  # the seed's figure, then ours, read from the runs
@@ -84,7 +86,7 @@ def test_metrics_file_agrees_with_the_evaluation_table(line_results):
 
 
 def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching_runs():
-    from initlab.params.schema import CompareRow
+    from initlab.params.words import CompareRow
     from initlab.report.tables import compare_row
 
     df = pd.DataFrame(
@@ -96,7 +98,7 @@ def test_compare_rows_show_the_mean_a_percentage_or_the_verdicts_of_the_matching
             "val_accuracy": [0.80, 0.70, 0.60, 0.81, 0.72, 0.62, 0.30, 0.31, 0.29, 0.99],
         }
     )
-    row = {"seed": "001", "claim": "c", "theirs": "t", "metric": "val_accuracy", "where": {"loss": "ce"}}
+    row = {"source": "001", "claim": "c", "theirs": "t", "metric": "val_accuracy", "where": {"loss": "ce"}}
     assert compare_row(CompareRow(**row, digits=2), df) == "| 001 | c | t | 0.57 |"
     assert compare_row(CompareRow(**row, show="percent", digits=1), df) == "| 001 | c | t | 57.2 % |"
     ranked = compare_row(CompareRow(**row, show="rank", digits=0, label="accuracy"), df)

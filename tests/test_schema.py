@@ -1,5 +1,5 @@
 """The params schema, tested from itself: every field of every model, walked from the validated
-params.yaml, gets the values a careless edit gives (negative, zero, huge, a bool, a string, inf,
+params.yaml and report.yaml, gets the values a careless edit gives (negative, zero, huge, a bool, a string, inf,
 NaN; an unknown name where a name goes). Each is refused with one line naming the field, or is
 one of the few accepted on purpose (``ACCEPTED``, with the reason). A field added later is tried
 without anyone remembering to, and one that accepts something new fails here until it is refused
@@ -21,15 +21,15 @@ from conftest import REPO
 from initlab.errors import ParamsError
 from initlab.nets.registry import INITIALIZERS
 from initlab.params import schema as config
-from initlab.params import sources
+from initlab.params import sources, words
 from initlab.params.fields import OneOf, Strict
 from initlab.params.load import validate_params
 from initlab.params.schema import init_arg_types
+from initlab.params.words import validate_words
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 # A table study (no study of params.yaml reads one), so that TableSource is walked too.
 RAW["studies"]["table_example"] = {
-    "title": "t",
     "data": {"kind": "table", "path": "data/t.csv", "target": "label"},
     "split": {"seed": 0},
     "train": {"lr": [0.1], "epochs": 1, "seeds": [0], "inits": ["default"], "losses": ["bce"]},
@@ -38,6 +38,16 @@ RAW["studies"]["table_example"] = {
 # Every initialiser once, so that each one's keyword arguments are tried (unused labels are allowed).
 RAW["studies"]["table_example"]["inits"].update({f"all_{name}": {"name": name} for name in INITIALIZERS})
 BASE = validate_params(RAW)
+WORDS_RAW = yaml.safe_load((REPO / "report.yaml").read_text())
+WORDS_RAW["studies"]["table_example"] = {"title": "t"}
+# Each file: its validated contents, and how it is validated.
+FILES = {
+    "params.yaml": (BASE, validate_params),
+    "report.yaml": (
+        validate_words(WORDS_RAW, list(BASE.studies)),
+        lambda raw: validate_words(raw, list(BASE.studies)),
+    ),
+}
 
 # (model.field, case) accepted by the schema, and why. Anything else must be refused.
 ACCEPTED = {
@@ -128,22 +138,24 @@ def _get(node: Any, path: tuple) -> Any:
     return node
 
 
-def _typed_fields():
+def _typed_fields(base: BaseModel):
     """(path, field id, annotation, metadata) of every field, and of every keyword argument of
     every initialiser (``inits.<label>.args.<key>``, typed by the initialiser's signature)."""
-    for path, field_id, info in _fields(BASE):
+    for path, field_id, info in _fields(base):
         if field_id == "InitSpec.args":
-            name = _get(BASE, path[:-1]).name
+            name = _get(base, path[:-1]).name
             for key, hint in init_arg_types(name).items():
                 yield (*path, key), f"{name}.{key}", hint, []
         else:
             yield path, field_id, info.annotation, info.metadata
 
 
-def _cases() -> list[tuple[str, tuple, str, Any]]:
-    """(field id, path, case, value): each model's field once, at its first place in params."""
+def _cases() -> list[tuple[str, str, tuple, str, Any]]:
+    """(file, field id, path, case, value): each model's field once, at its first place in its file."""
     out, seen = [], set()
-    for path, field_id, annotation, metadata in _typed_fields():
+    for file, path, field_id, annotation, metadata in (
+        (file, *f) for file, (base, _) in FILES.items() for f in _typed_fields(base)
+    ):
         if field_id in seen:
             continue
         seen.add(field_id)
@@ -166,16 +178,16 @@ def _cases() -> list[tuple[str, tuple, str, Any]]:
         if literals or names:
             values["unknown name"] = "no_such_name"
         for case, value in values.items():
-            out.append((field_id, path, case, [value] if is_list else value))
+            out.append((file, field_id, path, case, [value] if is_list else value))
     return out
 
 
 CASES = _cases()
 
 
-def _with(path: tuple, value: Any) -> dict:
-    """params as validated (keys as given, defaults filled where the path needs them), ``path`` set."""
-    raw = BASE.model_dump(exclude_unset=True)
+def _with(base: BaseModel, path: tuple, value: Any) -> dict:
+    """A file as validated (keys as given, defaults filled where the path needs them), ``path`` set."""
+    raw = base.model_dump(exclude_unset=True)
     node = raw
     for key in path[:-1]:
         if isinstance(node, dict):
@@ -187,28 +199,32 @@ def _with(path: tuple, value: Any) -> dict:
 
 
 def test_the_walk_reaches_every_model_of_the_schema_and_the_cases_are_counted():
-    walked = {field_id.split(".")[0] for _, field_id, _ in _fields(BASE)}
+    walked = {field_id.split(".")[0] for base, _ in FILES.values() for _, field_id, _ in _fields(base)}
     models = {
         c.__name__
-        for module in (config, sources)
+        for module in (config, sources, words)
         for c in vars(module).values()
         if isinstance(c, type) and issubclass(c, Strict) and c is not Strict
     }
     assert models - walked == set(), "add an example of these models to RAW so that their fields are tried"
     assert len(CASES) > 200  # 1 per enum field, 7 per numeric one; the exact count is in the report
-    assert set(ACCEPTED) <= {(f, c) for f, _, c, _ in CASES}, "an ACCEPTED entry no case produces"
+    assert set(ACCEPTED) <= {(f, c) for _, f, _, c, _ in CASES}, "an ACCEPTED entry no case produces"
+    assert {file for file, *_ in CASES} == set(FILES)
 
 
 @pytest.mark.parametrize(
-    ("field_id", "path", "case", "value"), CASES, ids=[f"{'.'.join(map(str, c[1]))}={c[2]}" for c in CASES]
+    ("file", "field_id", "path", "case", "value"),
+    CASES,
+    ids=[f"{c[0]}:{'.'.join(map(str, c[2]))}={c[3]}" for c in CASES],
 )
-def test_every_field_refuses_a_bad_value_with_one_line_naming_it(field_id, path, case, value):
+def test_every_field_refuses_a_bad_value_with_one_line_naming_it(file, field_id, path, case, value):
+    base, validate = FILES[file]
     try:
-        validate_params(_with(path, value))
+        validate(_with(base, path, value))
     except ParamsError as exc:
         message = str(exc)
         assert (field_id, case) not in ACCEPTED, f"listed as accepted, refused: {message}"
-        assert "\n" not in message
+        assert "\n" not in message and message.startswith(f"{file}: "), message
         dotted = ".".join(map(str, path))
         # Its key (a list's item: key.0), or, for a rule across keys, the model's key and the field's name.
         assert dotted in message or (

@@ -1,4 +1,5 @@
-"""Training: the seeds' exact reproductions, and stacked models equal to models trained alone."""
+"""Training: the sources' reproductions against loops written independently, and stacked models
+equal to models trained alone."""
 
 from __future__ import annotations
 
@@ -24,43 +25,42 @@ def narrowed(params, study, **update):
     return params.model_copy(update={"studies": {**params.studies, study: sp}})
 
 
-def test_line_reproduction_seed_000(params, small_root):
-    p = narrowed(params, "line", inits=["default"], losses=["mse"], seeds=[0])
-    res = {r.variant.name: r for r in train_study(p, "line", small_root, show_progress=False)}
-    mse = res["reproduce-bad_start-mse-none-lr2"].final
-    bce = res["reproduce-bad_start-bce-none-lr2"].final
-    assert mse["train_accuracy"] == pytest.approx(23 / 40, abs=1e-6)  # the seed's 0.575
-    assert bce["train_accuracy"] == 1.0
-
-
 def test_circles_reproduction_seed_002(params, small_root):
     p = narrowed(params, "circles", inits=["default"], losses=["bce"], seeds=[0], lr=[0.1], normalize=["none"])
     res = [r for r in train_study(p, "circles", small_root, show_progress=False) if r.variant.reproduce]
     assert round(res[0].final["train_loss_last_step"], 4) == 0.0016
 
 
-def seed_000_as_written():
-    """Seed 000's code, transcribed (DataLoader, nn.Module, torch.optim.SGD)."""
-    torch.manual_seed(0)
-    x = torch.arange(-2, 2, 0.1).view(-1, 1)
-    y = torch.zeros(x.shape[0], 1)
-    y[x[:, 0] > 0.2] = 1
-    model = torch.nn.Linear(1, 1)
-    model.state_dict()["weight"].data[0] = torch.tensor([[-5]])
-    model.state_dict()["bias"].data[0] = torch.tensor([[-10]])
-    opt = torch.optim.SGD(model.parameters(), lr=2)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
-    for _ in range(50):
-        for xb, yb in loader:
-            loss = torch.nn.MSELoss()(torch.sigmoid(model(xb)), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return torch.mean(((torch.sigmoid(model(x)) > 0.5) == y.bool()).float()).item()
+def test_line_reproduction_is_logistic_regression_written_out_by_hand(params, small_root):
+    """Line's reproduction rows (w = -5, b = -10; SGD lr 2 on batches of 2 in order, 50 epochs)
+    end where logistic regression written out by hand ends: p = sigmoid(w x + b), and for a batch
+    of B points, dL/dz = 2 (p - y) p (1 - p) / B (MSE on p) or (p - y) / B (BCE on p), then
+    w -= lr * sum(dL/dz * x), b -= lr * sum(dL/dz). No autograd, no nn.Module, no optimiser."""
+    from initlab.training.study import load_study_data
 
-
-def test_seed_000_code_as_written_agrees():
-    assert seed_000_as_written() == pytest.approx(0.575, abs=1e-6)
+    data = load_study_data("line", "none", small_root, "cpu", all_data=False)
+    x, y = data["x_train"][:, 0], data["y_train"].float()
+    assert torch.equal(x, torch.arange(-2, 2, 0.1)) and torch.equal(y, (x > 0.2).float())  # the 40 points
+    p = narrowed(params, "line", inits=["default"], losses=["bce"], seeds=[0])
+    trained = {
+        r.variant.loss: r for r in train_study(p, "line", small_root, show_progress=False) if r.variant.reproduce
+    }
+    for loss, r in trained.items():
+        w, b = torch.tensor(-5.0), torch.tensor(-10.0)
+        for _ in range(50):
+            for i in range(0, 40, 2):
+                xb, yb = x[i : i + 2], y[i : i + 2]
+                prob = torch.sigmoid(w * xb + b)
+                dz = (2 * (prob - yb) * prob * (1 - prob) if loss == "mse" else prob - yb) / len(xb)
+                w, b = w - 2.0 * (dz * xb).sum(), b - 2.0 * dz.sum()
+        state = r.module.state_dict()
+        ours = torch.stack([state["0.weight"].flatten()[0], state["0.bias"].flatten()[0]])
+        torch.testing.assert_close(ours, torch.stack([w, b]), rtol=1e-4, atol=1e-5)
+        accuracy = ((torch.sigmoid(w * x + b) > 0.5).float() == y).float().mean().item()
+        assert r.final["train_accuracy"] == accuracy
+    # source 000's figures: MSE stuck at 0.575 (23 of 40 points), BCE at 1.0
+    assert trained["mse"].final["train_accuracy"] == pytest.approx(23 / 40, abs=1e-6)
+    assert trained["bce"].final["train_accuracy"] == 1.0
 
 
 def test_stacked_models_equal_models_trained_alone(params, small_root):

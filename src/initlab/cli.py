@@ -137,17 +137,6 @@ def normalize(study: str = StudyArg, params: Path = ParamsOpt) -> None:
     _done(f"normalize {study}: statistics of {s['n_fit']} training rows", t0)
 
 
-def _check_device(dev: str, where: str) -> str:
-    """``dev`` if this machine has it; ``where`` names its source in the error (flag or params)."""
-    import torch
-
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsError(f"{where} {dev}: no CUDA device here; allowed: cpu")
-    if not (dev == "cpu" or dev.startswith("cuda")):
-        raise ParamsError(f"{where} {dev!r}; allowed: cpu, cuda, cuda:N")
-    return dev
-
-
 @app.command()
 @stage
 def train(
@@ -175,36 +164,19 @@ def train(
     Writes weights, curves and a runs table to pipeline/train/<study>; no MLflow here (`initlab
     track` logs the runs). With --ray (docs/cluster.md) a Ray cluster trains, this process writes.
     """
-    from initlab.core.io import atomic_path, check_writable, write_json
-    from initlab.core.signals import sigterm_raises
-    from initlab.training.save import save_results
-    from initlab.training.study import train_study
+    from initlab.training.checks import check_device
+    from initlab.training.study import train_to_disk
 
     p = load_params(params)
     p.study(study)
-    dev = _check_device(device, "--device") if device else _check_device(p.device, f"device: in {params}")
-    for out in (Paths().trained(study), Paths().timing(f"train-{study}")):
-        check_writable(out)
+    dev = check_device(device, "--device") if device else check_device(p.device, f"device: in {params}")
     engine = None
     if ray:  # Ray is imported only on this path
         from initlab.training.cluster import RayEngine
 
         engine = RayEngine(ray.strip(), allow_mixed)
-    t0 = time.perf_counter()
-    with sigterm_raises():
-        results = train_study(p, study, Paths(), dev, engine=engine)
-        seconds = time.perf_counter() - t0
-        with atomic_path(Paths().trained(study)) as out:
-            save_results(results, out, engine.platform if engine else None)
-        write_json(
-            Paths().timing(f"train-{study}"),
-            {
-                "models": len(results),
-                "train_seconds": seconds,
-                "run_seconds": {r.variant.run_name: r.seconds for r in results},
-            },
-        )
-    typer.echo(f"trained {len(results)} models in {seconds:.1f} s -> {Paths().trained(study)}", err=True)
+    models, seconds = train_to_disk(p, study, Paths(), dev, engine)
+    typer.echo(f"trained {models} models in {seconds:.1f} s -> {Paths().trained(study)}", err=True)
 
 
 @app.command()
@@ -252,58 +224,29 @@ def track(studies: list[str] | None = TrackStudies, params: Path = ParamsOpt) ->
     evaluate@<study>`).
     """
     t0 = time.perf_counter()  # mlflow_seconds: the whole command but Python's start-up
-    from initlab.core.io import write_json
-    from initlab.core.signals import sigterm_raises
-    from initlab.tracking.location import tracking_uri
-    from initlab.tracking.log import log_studies
-    from initlab.tracking.runs import trained_runs
+    from initlab.tracking.stage import track_lines, track_studies
 
     p = load_params(params)
-    paths = Paths()
-    names = list(dict.fromkeys(studies)) if studies else list(p.studies)
-    for name in names:
-        p.study(name)
-    with sigterm_raises():
-        runs = {s: trained_runs(p, s, paths) for s in names}  # every input checked before MLflow
-        out = log_studies(p, runs, paths)
-        # the same file when the store holds the same runs
-        write_json(paths.tracked, {"runs": out["runs"], "parents": out["parents"]})
-        seconds = time.perf_counter() - t0
-        write_json(
-            paths.timing("track"),
-            {
-                "mlflow_seconds": seconds,
-                "tracking_uri": tracking_uri(),
-                **{k: out[k] for k in ("logged", "skipped", "orphans")},
-            },
-        )
-    if out["deleted"]:
-        typer.echo(
-            f"track: deleted {out['deleted']} FAILED or KILLED runs left by an earlier track that failed "
-            "(their runs are FINISHED now; `mlflow gc` purges them)",
-            err=True,
-        )
-    if out["orphans"]:
-        typer.echo(
-            f"track: ended KILLED {out['orphans']} runs left RUNNING by a killed track; "
-            "their models were logged again",
-            err=True,
-        )
-    typer.echo(
-        f"track: {out['logged']} runs logged, {out['skipped']} already there, in "
-        f"{seconds:.1f} s -> {tracking_uri()}",
-        err=True,
-    )
+    out = track_studies(p, list(dict.fromkeys(studies)) if studies else list(p.studies), Paths(), t0)
+    for line in track_lines(out):
+        typer.echo(line, err=True)
+
+
+WordsOpt = typer.Option(
+    Path("report.yaml"), "--words", help="The report's words: each study's title, question and sources' figures."
+)
 
 
 @app.command()
 @stage
-def report(params: Path = ParamsOpt) -> None:
+def report(params: Path = ParamsOpt, words: Path = WordsOpt) -> None:
     """Render reports/report.md and its figures from every study's metrics."""
+    from initlab.params.words import load_words
     from initlab.report.render import write_report
 
     t0 = time.perf_counter()
-    out = write_report(load_params(params), Paths())
+    p = load_params(params)
+    out = write_report(p, load_words(words, list(p.studies)), Paths())
     _done(f"report: {out}", t0)
 
 
@@ -358,45 +301,23 @@ def bench(
     from initlab.bench.measure import run_bench
     from initlab.bench.summary import summary_lines
     from initlab.core.io import write_json
+    from initlab.training.checks import check_device
 
     p = load_params(params)
-    device = _check_device(device, "--device")
-    paths = Paths()
-    for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
-        if not need.exists():
-            raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
-    from initlab.bench.cluster import STUDIES
-    from initlab.core.io import read_json
-
-    for need in [paths.norm_stats(s) for s in STUDIES] if ray else []:
-        if not need.exists():
-            raise ParamsError(
-                f"{need} missing; run `dvc repro {' '.join(f'normalize@{s}' for s in STUDIES)}` first"
-            )
-    kept = read_json(out) if out.exists() else {}  # --ray's figures stay when the rest is measured
+    device = check_device(device, "--device")
+    progress = lambda m: typer.echo(m, err=True)  # noqa: E731
     if ray:
-        from initlab.bench.cluster import measure_ray, ray_lines
+        from initlab.bench.cluster import bench_ray
 
-        result = kept
-        result["ray"] = measure_ray(p, paths, progress=lambda m: typer.echo(m, err=True))
-        write_json(out, result)
-        for line in ray_lines(result):
+        for line in bench_ray(p, Paths(), out, progress):
             typer.echo(line)
         typer.echo(f"figures: {out}")
         return
-    root = Path.cwd()
-    result = run_bench(
-        p,
-        paths,
-        root,
-        pipeline,
-        device,
-        progress=lambda m: typer.echo(m, err=True),
-        repeats=repeats,
-        scaling=scaling,
-    )
-    if "ray" in kept:
-        result["ray"] = kept["ray"]
+    result = run_bench(p, Paths(), Path.cwd(), pipeline, device, progress, repeats, scaling)
+    if out.exists():  # the figures of `--ray`, measured apart, stay
+        from initlab.core.io import read_json
+
+        result.update({k: v for k, v in read_json(out).items() if k == "ray"})
     write_json(out, result)
     for line in summary_lines(result):
         typer.echo(line)
@@ -417,15 +338,10 @@ def verify(against: str = VerifyAgainst, params: Path = ParamsOpt) -> None:
     within its own seed spread (Welch t-test, Holm over variants, family-wise alpha 0.01). Exit 0:
     identical or within bound; 1: a regression, with the variants that moved and by how much.
     """
-    from initlab.results.verify import committed_records, compare, current_records, summary
+    from initlab.results.verify import verify as run
 
-    studies = list(load_params(params).studies)
-    paths = Paths()
-    reference = committed_records(studies, paths, against)
-    current = current_records(studies, paths)
-    c = compare(reference, current)
-    first = studies[0]
-    for line in summary(c, reference[first]["platform"], current[first]["platform"]):
+    c, lines = run(list(load_params(params).studies), Paths(), against)
+    for line in lines:
         typer.echo(line)
     if c.status == "regression":
         raise typer.Exit(1)

@@ -104,6 +104,22 @@ def measure_ray(params: Params, paths: Paths, studies=STUDIES, progress=print) -
     return out
 
 
+def bench_ray(params: Params, paths: Paths, out, progress=print) -> list[str]:
+    """``initlab bench --ray``: measure, update ``out``'s ``ray`` section (keeping the rest), and
+    return the printed lines."""
+    from initlab.core.io import read_json, write_json
+    from initlab.errors import ParamsError
+
+    for need in [paths.prepared("fashion_mnist"), *(paths.norm_stats(s) for s in STUDIES)]:
+        if not need.exists():
+            studies = " ".join(f"normalize@{s}" for s in ("fashion_mnist", *STUDIES))
+            raise ParamsError(f"{need} missing; run `dvc repro {studies}` first")
+    result = read_json(out) if out.exists() else {}
+    result["ray"] = measure_ray(params, paths, progress=progress)
+    write_json(out, result)
+    return ray_lines(result)
+
+
 def ray_lines(r: dict) -> list[str]:
     """The ``ray`` section as the lines ``initlab bench`` prints (and docs/cluster.md quotes)."""
     if "ray" not in r:

@@ -90,16 +90,11 @@ def initlab_per_model(
     """One group of the Fashion-MNIST study trained as ``dvc repro`` trains it (its stacks, in
     threads on CPU): every model that reads seed ``seed``'s batches (each init x loss); wall
     seconds per model. ``diagnostics=False``: without the per-layer probe, to measure its cost."""
-    from unittest import mock
-
     from initlab.training.loop import train_group
     from initlab.training.stacks import run_stacks, stacks_for
     from initlab.training.study import load_study_data
 
-    if not diagnostics:
-        with mock.patch("initlab.training.loop.Probe", NoProbe):
-            return initlab_per_model(params, paths, seed, device)
-
+    make_probe = None if diagnostics else NoProbe
     st = params.study("fashion_mnist").train
     group = sorted((v for v in variants(params, "fashion_mnist") if v.seed == seed), key=lambda v: v.lr)
     data = load_study_data("fashion_mnist", "none", paths, device, all_data=False)
@@ -113,7 +108,7 @@ def initlab_per_model(
     stacks = stacks_for(st, group, data, 10, device)
     inits = params.study("fashion_mnist").inits
     outs = run_stacks(
-        stacks, lambda s, stop: train_group(st, s.group, inits, s.data, 10, device, None, stop), device
+        stacks, lambda s, stop: train_group(st, s.group, inits, s.data, 10, device, None, stop, make_probe), device
     )
     results = [r for out in outs for r in out]
     seconds = time.perf_counter() - t0
@@ -159,8 +154,6 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     ``TINY_MODELS`` models stacked (seeds 0..19 of its first variant, one intra-op thread as
     ``dvc repro`` runs light stacks), against (b) and (c) on the same steps; seconds per model,
     fastest of ``repeats``."""
-    from unittest import mock
-
     from initlab.params.variants import Variant
     from initlab.training.loop import train_group
     from initlab.training.study import load_study_data
@@ -196,8 +189,9 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
     best = {k: min(v) for k, v in times.items()}
     # ops per stack step: the difference of two lengths, so set-up and validation cancel out
     short, long = (st.model_copy(update={"epochs": e, "val_every": e}) for e in (20, 120))
-    with mock.patch("initlab.training.loop.Probe", NoProbe):
-        n_short, n_long = (count_ops(lambda s=s: train_group(s, group, sp.inits, data, 2)) for s in (short, long))
+    n_short, n_long = (
+        count_ops(lambda s=s: train_group(s, group, sp.inits, data, 2, make_probe=NoProbe)) for s in (short, long)
+    )
     ops = (n_long - n_short) / (long.epochs - short.epochs)
     step_s = best["initlab"] * TINY_MODELS / TINY_EPOCHS  # one stack step
     return {
@@ -214,7 +208,8 @@ def tiny_peers(params: Params, paths: Paths, repeats: int) -> dict:
 
 
 class NoProbe:
-    """``initlab.nets.diagnostics.Probe`` doing nothing: the trainer without its per-layer diagnostics."""
+    """``initlab.nets.diagnostics.Probe`` doing nothing: the trainer without its per-layer
+    diagnostics (``train_group(..., make_probe=NoProbe)``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         pass

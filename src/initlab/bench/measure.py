@@ -41,6 +41,7 @@ from initlab.bench import peers
 from initlab.bench.ceilings import executed_flops_per_sample, gemm_gflops, matmul_ceiling
 from initlab.bench.loops import fashion_mnist_peer_setup, initlab_per_model, seed_loop, tiny_peers
 from initlab.bench.pipeline import time_pipeline
+from initlab.errors import ParamsError
 from initlab.params.paths import Paths
 from initlab.params.schema import Params
 
@@ -83,8 +84,13 @@ def run_bench(
     (a) and (b) are each timed ``repeats`` times, alternately, and the fastest of each is kept,
     as ``timeit`` does: on a shared 2-core machine a run is only ever slowed, by as much as 15 %
     here, and taking the minimum of both sides keeps the ratio fair. Every time is in the JSON.
+    Needs Fashion-MNIST downloaded and prepared: a ``ParamsError`` saying so before anything runs.
     """
     from initlab.training.stacks import keep_freed_memory
+
+    for need in (paths.raw("fashion_mnist"), paths.prepared("fashion_mnist")):
+        if not need.exists():
+            raise ParamsError(f"{need} missing; run `dvc repro normalize@fashion_mnist` first")
 
     keep_freed_memory()
     sizes = [784, *params.study("fashion_mnist").train.model.hidden, 10]

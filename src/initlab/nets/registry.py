@@ -301,10 +301,6 @@ class Loss:
             else f"{self.min_classes} to {self.max_classes} classes"
         )
 
-    @property
-    def formula(self) -> str:
-        return (self.fn.__doc__ or "").strip().splitlines()[0]
-
 
 LOSSES: dict[str, Loss] = {
     "l1": Loss(l1, on_logits=False, class_targets=False),

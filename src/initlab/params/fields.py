@@ -15,7 +15,6 @@ from pydantic import (
 
 from initlab.nets.registry import INITIALIZERS, LOSSES
 
-NORMALIZATIONS = ("none", "zscore", "batchnorm")
 FLOAT32_MAX = 3.4028234663852886e38  # models compute in float32: a larger number becomes inf there
 SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are 0 .. 2**32 - 1
 MAX_LINE_POINTS = 10_000_000  # a line of more points is a typo, and would not fit in memory

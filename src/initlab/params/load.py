@@ -1,5 +1,6 @@
 """Reading ``params.yaml``: YAML refused on a duplicate key, then validated as ``Params``, any
-error as one line naming the key, the value and what is allowed."""
+error as one line naming the key, the value and what is allowed (``read_yaml`` reads
+``report.yaml`` too: ``initlab.params.words``)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; raise ``ParamsError`` with one line on anything bad."""
-    path = Path(path)
+def read_yaml(path: Path, kind: str = "params", option: str = "--params", default: str = "params.yaml") -> Any:
+    """The YAML file ``path`` as read; a ``ParamsError`` of one line if it is missing or not YAML
+    (``kind`` of file, the command-line ``option`` that names another, and its ``default``)."""
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+        raise ParamsError(f"{path}: not found; run from the project root or pass {option}") from None
     except IsADirectoryError:
-        raise ParamsError(f"{path}: is a folder; pass a params file (--params params.yaml)") from None
+        raise ParamsError(f"{path}: is a folder; pass a {kind} file ({option} {default})") from None
     except UnicodeDecodeError as exc:
         raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
@@ -45,7 +46,12 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
-    return validate_params(raw, path)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise ``ParamsError`` with one line on anything bad."""
+    path = Path(path)
+    return validate_params(read_yaml(path), path)
 
 
 def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
@@ -55,4 +61,4 @@ def validate_params(raw: Any, path: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(first_error(exc).replace("params.yaml", str(path), 1).replace("\n", " ")) from None
+        raise ParamsError(first_error(exc, str(path)).replace("\n", " ")) from None

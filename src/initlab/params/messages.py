@@ -13,7 +13,8 @@ def first_message(exc: ValidationError) -> str:
     return exc.errors()[0]["msg"].removeprefix("Value error, ")
 
 
-def first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError, file: str = "params.yaml") -> str:
+    """The first error of ``exc`` as ``<file>: <key> = <value>: <what is allowed>``."""
     err = exc.errors()[0]
     # Drop pydantic's union branch tags ("float", "literal['zeros','default']",
     # "function-after[_float32(), float]") from the key.
@@ -27,12 +28,12 @@ def first_error(exc: ValidationError) -> str:
     key = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
-        return f"params.yaml: missing key {key}"
+        return f"{file}: missing key {key}"
     if err["type"] == "extra_forbidden":
-        return f"params.yaml: unknown key {key}; remove it or check its spelling"
+        return f"{file}: unknown key {key}; remove it or check its spelling"
     value = err.get("input")
     if isinstance(value, dict) or not key:  # a check across keys: its message names them
-        return f"params.yaml: {key}.{msg}" if key else f"params.yaml: {msg}"
+        return f"{file}: {key}.{msg}" if key else f"{file}: {msg}"
     if len(loc) < len(err["loc"]):  # a union: say every form allowed
         msg = "allowed: a number, 'zeros' or 'default'" if loc[-1] == "bias" else msg
-    return f"params.yaml: {key} = {value!r}: {msg}"
+    return f"{file}: {key} = {value!r}: {msg}"

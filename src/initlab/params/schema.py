@@ -1,5 +1,6 @@
-"""The schema of ``params.yaml`` as pydantic models: each study's inits, models, training and
-comparison rows, tracking and report (data sources: ``sources``; reading the file: ``load``).
+"""The schema of ``params.yaml`` as pydantic models: each study's inits, models and training,
+tracking and report (data sources: ``sources``; reading the file: ``load``; the report's words,
+``report.yaml``: ``words``).
 
 Every number lives in ``params.yaml``; this module only says what is allowed. A bad value stops
 the stage before it writes anything, with one line naming the key, the value and what is allowed.
@@ -106,7 +107,7 @@ class ModelSpec(Strict):
 class Diagnostics(Strict):
     """Per-layer statistics of every model on a fixed probe batch (the first ``probe_rows`` rows
     of the training split, eval mode), before optimiser step ``s`` for each ``s`` of ``at_steps``
-    and after the last step (``initlab.training.loop.layer_stats``)."""
+    and after the last step (``initlab.nets.diagnostics.Probe``)."""
 
     probe_rows: PosInt = 256  # more than the training rows: all of them
     at_steps: list[Annotated[int, Field(ge=0)]] = [0, 100]
@@ -121,14 +122,15 @@ def _distinct(v: list) -> list:
 
 
 class Reproduce(Strict):
-    """The seed's own runs, measured as its code measures them: rows named ``reproduce-...``.
+    """A source's own runs, measured as its code measures them: rows named ``reproduce-...``.
 
     Each of ``inits`` x ``losses`` x ``seeds`` (the study's first learning rate, no normalisation)
-    is one run. ``all_data``: train on train + validation + test, as seeds 000 and 002 did.
-    ``split: shuffle``: seed 001's split, ``np.random.shuffle`` of the training pool (the study's
-    training and validation rows, in the dataset's order), seeded by the run's seed, its first
-    ``split.val_fraction`` the validation rows; not stratified. ``validate_with_dropout``: seed
-    001 never calls ``model.eval()``, so its validation accuracy is measured with dropout on.
+    is one run. ``all_data``: train on train + validation + test, as sources 000 and 002 did.
+    ``split: shuffle``: source 001's split, ``np.random.shuffle`` of the training pool (the
+    study's training and validation rows, in the dataset's order), seeded by the run's seed, its
+    first ``split.val_fraction`` the validation rows; not stratified. ``validate_with_dropout``:
+    validation accuracy measured in training mode, dropout on (source 001 never calls
+    ``model.eval()``).
     """
 
     inits: list[str] = Field(min_length=1)
@@ -156,12 +158,10 @@ class StudyTrain(Strict):
     losses: list[LossName] = Field(min_length=1)
     normalize: list[Literal["none", "zscore", "batchnorm"]] = ["none"]
     reproduce: Reproduce | None = None
-    # After training, score each model on the whole training split (seed 000's and 002's
-    # figures are training accuracies). Seed 001 reports validation only, so it skips this pass.
+    # After training, score each model on the whole training split (train_accuracy, train_loss_eval).
     eval_train: bool = True
     # Score the validation split every this many epochs, and always after the last; null: about
-    # 1,000 points per run (every epoch up to 1,000 epochs). Seed 001 validates once, after its
-    # 2 epochs.
+    # 1,000 points per run (every epoch up to 1,000 epochs).
     val_every: PosInt | None = None
 
     @field_validator("lr")
@@ -199,29 +199,9 @@ class ReportParams(Strict):
     first_batches: PosInt = 100
 
 
-class CompareRow(Strict):
-    """A figure a seed reported, beside ours: ``metric`` (a column of the evaluate table) over the
-    runs matching ``where``, shown as its mean, mean ± std or percentage; or (``show: rank``) the
-    best value of ``rank_by`` (an init, say) and those a paired test over seeds cannot tell from it
-    (``initlab.results.stats``), not a ranking of means."""
-
-    seed: str
-    claim: str
-    theirs: str
-    metric: str
-    where: dict[str, Any] = {}
-    show: Literal["mean", "mean_std", "percent", "rank"] = "mean"
-    digits: Annotated[int, Field(ge=0, le=8)] = 4
-    rank_by: str = "init"
-    label: str = ""  # rank: what the metric is called in the row ("validation accuracy")
-
-
 class StudyParams(Strict):
     """One study: where its data comes from, how it is split, what is trained, and its inits."""
 
-    title: str
-    question: str = ""
-    compare: list[CompareRow] = []  # the seed's own figures, for the report's first table
     data: Source
     split: Split  # required, as every key a stage depends on (dvc.yaml names studies.<s>.split)
     train: StudyTrain

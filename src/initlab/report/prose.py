@@ -12,14 +12,13 @@ CE_LOSSES = ("cross_entropy", "bce", "bce_logits")  # losses whose value at a un
 
 
 def summary(
-    sp,
+    question: str,
     vt: pd.DataFrame,
     baseline: float,
     final_loss: pd.Series | None = None,
     n_classes: int = 2,
-    question: bool = True,
 ) -> str:
-    """Three to five sentences from the numbers: the question, the answer, the evidence. With
+    """Three to five sentences from the numbers: the question (none if ""), the answer, the evidence. With
     ``final_loss`` (per variant, its last epoch's training loss), the variants at chance say it,
     beside ln(classes), the loss of a model that has learnt nothing."""
     own = vt[~vt["reproduce"]]
@@ -28,7 +27,7 @@ def summary(
     worse = own[own["verdict"] == "worse"]
     chance = own[own["ci_high"].fillna(own["mean"]) <= baseline + 0.02]
     diverged = own[own["verdict"] == "diverged"]
-    out = [f"*{sp.question}*"] if sp.question and question else []
+    out = [f"*{question}*"] if question else []
     if len(chance) == len(own):
         return " ".join(
             [

@@ -1,5 +1,6 @@
-"""The markdown comparison report (``initlab report``): a header, the seeds' figures beside ours,
-and per evaluated study a list of section builders, each a function of the study's files."""
+"""The markdown comparison report (``initlab report``): a header, the sources' figures beside ours,
+and per evaluated study a list of section builders, each a function of the study's params, its
+words (``report.yaml``) and its files."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from initlab.core.io import atomic_path, read_csv, read_json, read_npz
 from initlab.params.paths import Paths
 from initlab.params.schema import Params, StudyParams
 from initlab.params.sources import TorchvisionSource
+from initlab.params.words import ReportWords, StudyWords
+from initlab.report.boundaries import fig_boundaries, fig_decision_boundary
 from initlab.report.figures import (
-    fig_boundaries,
-    fig_decision_boundary,
     fig_first_batches,
     fig_init_histograms,
     fig_layers,
@@ -41,13 +42,14 @@ HEADER = [
 
 @dataclass
 class Section:
-    """What one study's section is built from: its params and the files its stages wrote."""
+    """What one study's section is built from: its params, its words and the files its stages wrote."""
 
     params: Params
     paths: Paths
     figs: Path  # where figures are written; the markdown links them as ``figures/<name>``
     study: str
     sp: StudyParams
+    words: StudyWords  # its title, question and sources' figures (report.yaml)
     df: pd.DataFrame  # evaluated runs, with each run's architecture
     s: dict  # the prepared data's summary
     curves: dict
@@ -60,7 +62,7 @@ def splits(c: Section) -> list[str]:
     """The title, the splits' sizes and baseline, an ECG study's beats, and the profile it ran."""
     s = c.s
     sizes = s["sizes"]
-    md = [f"## {c.sp.title}", ""]
+    md = [f"## {c.words.title}", ""]
     md.append(
         f"Splits: train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}"
         f"; majority-class baseline on test: {s['majority_baseline_test']:.3f}."
@@ -79,22 +81,22 @@ def splits(c: Section) -> list[str]:
 def variants(c: Section) -> list[str]:
     """The summary in sentences and the variants table; one of each per architecture where the
     study trains several, each judged against its own best."""
-    sp, s, vt = c.sp, c.s, c.vt
+    sp, s, vt, question = c.sp, c.s, c.vt, c.words.question
     final_loss = c.df.groupby("variant")["train_loss"].mean()
     own = vt[~vt["reproduce"]]
     if not sp.train.models:
         return [
-            summary(sp, vt, s["majority_baseline_test"], final_loss, s["n_classes"]),
+            summary(question, vt, s["majority_baseline_test"], final_loss, s["n_classes"]),
             "",
             markdown_table(variant_table(own, "test accuracy [95 % CI]")),
             "",
         ]
-    md = [f"*{sp.question}*", ""] if sp.question else []
+    md = [f"*{question}*", ""] if question else []
     for m, part in own.groupby("model", sort=False):
         spec = sp.train.models[m]
         head = f"**Model `{m}`** ({len(spec.hidden)} hidden layers of {spec.hidden[0]}, {spec.activation}). "
         md += [
-            head + summary(sp, part, s["majority_baseline_test"], final_loss, s["n_classes"], False),
+            head + summary("", part, s["majority_baseline_test"], final_loss, s["n_classes"]),
             "",
             markdown_table(variant_table(part, "test accuracy [95 % CI]")),
             "",
@@ -246,11 +248,11 @@ def layers(c: Section) -> list[str]:
 SECTIONS: list[Callable[[Section], list[str]]] = [splits, variants, reproduction, figures, layers]
 
 
-def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None) -> str:
-    """Every study of ``params`` (or ``studies``) that has been evaluated: one section each, built
-    by ``SECTIONS``, its figures chosen by its data (``FIGURES``: several architectures: loss and
-    saturation; images: the first batches and the initial weights; two features: a decision
-    boundary; otherwise: training loss curves)."""
+def render(params: Params, words: ReportWords, paths: Paths, studies: tuple[str, ...] | None = None) -> str:
+    """Every study of ``params`` (or ``studies``) that has been evaluated: one section each, titled
+    by ``words``, built by ``SECTIONS``, its figures chosen by its data (``FIGURES``: several
+    architectures: loss and saturation; images: the first batches and the initial weights; two
+    features: a decision boundary; otherwise: training loss curves)."""
     studies = tuple(params.studies) if studies is None else studies
     figs = paths.reports / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -264,20 +266,21 @@ def render(params: Params, paths: Paths, studies: tuple[str, ...] | None = None)
             )
             frames[study] = df
             summaries[study] = read_json(paths.prepared(study).with_suffix(".json"))
-    md = [*HEADER, *seed_comparison(params, frames), ""]
+    md = [*HEADER, *seed_comparison(words, frames), ""]
     for study, df in frames.items():
         curves = read_npz(paths.trained(study) / "curves.npz")
         vt = read_csv(paths.variants(study), ("variant", "mean", "verdict"))
         arch = json.loads(df["arch"].iloc[0])
         diag = read_csv(paths.trained(study) / "diagnostics.csv", ("run_name", "point", "layer"))
-        c = Section(params, paths, figs, study, params.study(study), df, summaries[study], curves, vt, arch, diag)
+        sp, w = params.study(study), words.studies[study]
+        c = Section(params, paths, figs, study, sp, w, df, summaries[study], curves, vt, arch, diag)
         for build in SECTIONS:
             md += build(c)
     return "\n".join(md) + "\n"
 
 
-def write_report(params: Params, paths: Paths) -> Path:
-    text = render(params, paths)
+def write_report(params: Params, words: ReportWords, paths: Paths) -> Path:
+    text = render(params, words, paths)
     out = paths.reports / "report.md"
     with atomic_path(out) as tmp:
         tmp.write_text(text)

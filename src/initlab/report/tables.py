@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from initlab.params.schema import CompareRow, Params
+from initlab.params.words import CompareRow, ReportWords
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
@@ -117,7 +117,7 @@ def rows_where(df, **where) -> pd.DataFrame:
 
 
 def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
-    """One line of the seeds' table: the seed's figure and ours, read from this run's results."""
+    """One line of the sources' table: the source's figure and ours, read from this run's results."""
     r = rows_where(df, **row.where)
     if not len(r):
         return None
@@ -144,12 +144,12 @@ def compare_row(row: CompareRow, df: pd.DataFrame) -> str | None:
         ours = _pm(values.mean(), values.std(), row.digits)
     else:
         ours = f"{values.mean():.{row.digits}f}"
-    return f"| {row.seed} | {row.claim} | {row.theirs} | {ours} |"
+    return f"| {row.source} | {row.claim} | {row.theirs} | {ours} |"
 
 
-def seed_comparison(params: Params, frames: dict[str, pd.DataFrame]) -> list[str]:
-    """The seeds' own figures beside ours: each study's ``compare`` rows (params.yaml)."""
+def seed_comparison(words: ReportWords, frames: dict[str, pd.DataFrame]) -> list[str]:
+    """The sources' own figures beside ours: each study's ``compare`` rows (report.yaml)."""
     lines = ["| seed | claim | seed's figure | ours |", "|---|---|---|---|"]
     for study, df in frames.items():
-        lines += [line for row in params.study(study).compare if (line := compare_row(row, df))]
+        lines += [line for row in words.studies[study].compare if (line := compare_row(row, df))]
     return lines

@@ -246,3 +246,13 @@ def current_records(studies: list[str], paths) -> dict[str, dict]:
             raise DataError(f"{path} missing; run `dvc repro evaluate@{study}` (or `make repro`) first")
         out[study] = read_json(path)
     return out
+
+
+def verify(studies: list[str], paths, against: str) -> tuple[Comparison, list[str]]:
+    """This clone's records of ``studies`` against those committed at git revision ``against``:
+    the comparison and its summary lines (the platforms: the first study's)."""
+    reference = committed_records(studies, paths, against)
+    current = current_records(studies, paths)
+    c = compare(reference, current)
+    first = studies[0]
+    return c, summary(c, reference[first]["platform"], current[first]["platform"])

@@ -24,20 +24,14 @@ def end_orphans(cl, experiment: str) -> int:
     return ended
 
 
-def finished_keys(cl, experiment: str) -> dict[str, str]:
-    """``initlab.run_key`` -> run id of the FINISHED runs of ``experiment`` (the latest of equals)."""
-    return {key: runs[0].info.run_id for key, runs in store_runs(cl, experiment, "FINISHED").items()}
-
-
-def store_runs(cl, experiment: str, status: str | None = None) -> dict[str, list]:
-    """``initlab.run_key`` -> the runs of ``experiment`` (not deleted) with that key, latest first;
-    of one ``status`` only when given."""
+def store_runs(cl, experiment: str) -> dict[str, list]:
+    """``initlab.run_key`` -> the runs of ``experiment`` (not deleted) with that key, latest first."""
     keys: dict[str, list] = {}
     token = None
     while True:
         page = cl.search_runs(
             [experiment],
-            f"attributes.status = '{status}'" if status else "",
+            "",
             max_results=10_000,
             order_by=["attributes.start_time DESC"],
             page_token=token,

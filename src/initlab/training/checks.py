@@ -1,5 +1,5 @@
-"""Checks before training: what the prepared data and the machine's memory allow of the training
-params, refused with a ``ParamsError`` naming the key before anything is allocated."""
+"""Checks before training: the device, and what the prepared data and the machine's memory allow
+of the training params, refused with a ``ParamsError`` naming the key before anything is allocated."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ from initlab.params.variants import Variant
 from initlab.training.loop import architecture
 
 CURVE_BYTES = 1 << 30  # at most this much of float32 loss curves (steps x models) per study
+
+
+def check_device(dev: str, where: str) -> str:
+    """``dev`` if this machine has it; ``where`` names its source in the error (flag or params)."""
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"{where} {dev}: no CUDA device here; allowed: cpu")
+    if not (dev == "cpu" or dev.startswith("cuda")):
+        raise ParamsError(f"{where} {dev!r}; allowed: cpu, cuda, cuda:N")
+    return dev
 
 
 def check_fits_data(study: str, st: StudyTrain, vs: list[Variant], n_classes: int, n_train: int) -> None:

@@ -8,6 +8,7 @@ stacks over threads is ``initlab.training.stacks``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,10 +123,13 @@ def train_group(
     device: str = "cpu",
     progress: tqdm | None = None,
     stop: threading.Event | None = None,
+    make_probe: Callable[..., Probe] | None = None,
 ) -> list[Result]:
     """Train the models of one group together; return one ``Result`` per variant, in order.
 
     ``stop``, when set by another thread, ends training at the next step with ``Stopped``.
+    ``make_probe``: what takes the per-layer diagnostics, built with ``Probe``'s arguments (None:
+    ``Probe``); ``initlab bench`` passes one that takes none, to time the trainer without them.
     """
     v0 = group[0]
     x, y = data["x_train"], data["y_train"]
@@ -169,7 +173,9 @@ def train_group(
     seed_protocol = v0.reproduce and st.reproduce is not None and st.reproduce.validate_with_dropout
     val_masks = masks if seed_protocol else None  # seed 001 validates with dropout on
     step = 0
-    probe = Probe(model, x_probe, ts_probe, group_loss, st.diagnostics.at_steps, st.epochs * steps_per_epoch)
+    probe = (make_probe or Probe)(
+        model, x_probe, ts_probe, group_loss, st.diagnostics.at_steps, st.epochs * steps_per_epoch
+    )
     model.train()
     for epoch in range(st.epochs):
         order = torch.randperm(n, generator=order_gen) if st.shuffle and bs < n else None

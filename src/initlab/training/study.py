@@ -143,3 +143,34 @@ def train_study(
         for out in run_stacks(stacks, train_stack, device):
             results.update((r.variant, r) for r in out)
     return [results[v] for v in vs]
+
+
+def train_to_disk(
+    params: Params, study: str, paths: Paths, device: str = "cpu", engine: RayEngine | None = None
+) -> tuple[int, float]:
+    """The train stage: every model of ``study`` trained and written to ``paths.trained(study)``
+    (atomically: the old folder stays whole until the new one is complete), and the wall times
+    to ``paths.timing("train-<study>")``; both checked writable before training. Returns the
+    number of models and the training's seconds. With ``engine`` a Ray cluster trains, and
+    ``platform.json`` records the platform its tasks ran on."""
+    from initlab.core.io import atomic_path, check_writable, write_json
+    from initlab.core.signals import sigterm_raises
+    from initlab.training.save import save_results
+
+    for out in (paths.trained(study), paths.timing(f"train-{study}")):
+        check_writable(out)
+    t0 = time.perf_counter()
+    with sigterm_raises():
+        results = train_study(params, study, paths, device, engine=engine)
+        seconds = time.perf_counter() - t0
+        with atomic_path(paths.trained(study)) as out:
+            save_results(results, out, engine.platform if engine else None)
+        write_json(
+            paths.timing(f"train-{study}"),
+            {
+                "models": len(results),
+                "train_seconds": seconds,
+                "run_seconds": {r.variant.run_name: r.seconds for r in results},
+            },
+        )
+    return len(results), seconds
